@@ -1,0 +1,117 @@
+import AditMux
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// `adit client`: listens on local ports and carries every connection as a stream of one tunnel.
+public final class AditClient: Service, @unchecked Sendable {
+    public struct Configuration: Sendable {
+        public var url: TunnelURL
+        public var forwards: [ForwardSpec]
+        public var hostHeader: String?
+        public var origin: String?
+        public var extraHeaders: [(String, String)] = []
+        public var mux = MuxConfiguration()
+        public var channelOptions = TunnelChannelOptions()
+        public var connectTimeout: TimeAmount = .seconds(10)
+        /// How long a local connection may wait for the tunnel before it is closed.
+        public var pendingTimeout: TimeAmount = .seconds(15)
+        public var reconnectMinimum: TimeAmount = .milliseconds(500)
+        public var reconnectMaximum: TimeAmount = .seconds(15)
+        public var drainTimeout: TimeAmount = .seconds(30)
+
+        public init(url: TunnelURL, forwards: [ForwardSpec]) {
+            self.url = url
+            self.forwards = forwards
+        }
+    }
+
+    public let configuration: Configuration
+    private let logger: Logger
+    private let group: MultiThreadedEventLoopGroup
+    private let ownsGroup: Bool
+    private let eventLoop: any EventLoop
+    private let manager: NIOLoopBoundBox<TunnelManager>
+    private var listeners: [any Channel] = []
+    private let started: EventLoopPromise<[SocketAddress]>
+
+    /// One event loop carries the tunnel and all its local connections: a single core does the relaying,
+    /// with no cross-thread hand-offs on the data path.
+    public init(configuration: Configuration, logger: Logger, group: MultiThreadedEventLoopGroup? = nil) {
+        self.configuration = configuration
+        self.logger = logger
+        self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.ownsGroup = group == nil
+        self.eventLoop = self.group.next()
+        self.manager = NIOLoopBoundBox.makeBoxSendingValue(
+            TunnelManager(configuration: configuration, eventLoop: eventLoop, logger: logger), eventLoop: eventLoop)
+        self.started = eventLoop.makePromise()
+    }
+
+    /// The local addresses of the listeners, in the order of the forwards (port 0 resolved).
+    public var localAddresses: EventLoopFuture<[SocketAddress]> { started.futureResult }
+
+    public func run() async throws {
+        do {
+            try await start()
+        } catch {
+            started.fail(error)
+            try? await shutdownGroup()
+            throw error
+        }
+        await withGracefulShutdownHandler {
+            for listener in self.listeners { try? await listener.closeFuture.get() }
+        } onGracefulShutdown: {
+            for listener in self.listeners { listener.close(promise: nil) }
+        }
+        await stop()
+        try? await shutdownGroup()
+    }
+
+    func start() async throws {
+        var addresses: [SocketAddress] = []
+        for forward in configuration.forwards {
+            let target = forward.target
+            let manager = self.manager
+            let bootstrap = configuration.channelOptions.apply(toEndpointListener: ServerBootstrap(group: eventLoop))
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(AcceptedConnectionHandler { channel in
+                            manager.value.handle(connection: channel, target: target)
+                        })
+                    }
+                }
+            let listener: any Channel
+            do {
+                listener = try await bootstrap.bind(host: forward.bind.host, port: forward.bind.port).get()
+            } catch {
+                for l in listeners { try? await l.close() }
+                throw ConfigurationError("cannot listen on \(forward.bind) for -L \(forward): \(describeBindError(error))")
+            }
+            listeners.append(listener)
+            let address = listener.localAddress!
+            addresses.append(address)
+            logger.notice("forwarding \(HostPort(host: address.ipAddress ?? forward.bind.host, port: address.port ?? 0)) -> \(forward.target) via \(configuration.url)")
+        }
+        started.succeed(addresses)
+        let manager = self.manager
+        eventLoop.execute { manager.value.start() }
+    }
+
+    private func stop() async {
+        let manager = self.manager
+        try? await eventLoop.submit { manager.value.stop() }.get()
+        let deadline = NIODeadline.now() + configuration.drainTimeout
+        while NIODeadline.now() < deadline {
+            let open = (try? await eventLoop.submit { manager.value.hasOpenSessions }.get()) ?? false
+            if !open { break }
+            try? await Task.sleep(nanoseconds: 50_000_000)
+        }
+        try? await eventLoop.submit { manager.value.closeAll() }.get()
+    }
+
+    private func shutdownGroup() async throws {
+        if ownsGroup { try await group.shutdownGracefully() }
+    }
+}

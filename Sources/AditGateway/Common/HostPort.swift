@@ -1,0 +1,61 @@
+import AditMux
+
+/// A `HOST:PORT` as users type it: IPv6 in brackets, port 0…65535.
+public struct HostPort: Hashable, Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `HOST:PORT` or `[V6]:PORT`. `what` names the thing in the error ("--listen").
+    public static func parse(_ text: String, what: String, allowZeroPort: Bool = false) throws(ConfigurationError) -> HostPort {
+        var fields = try splitFields(text, what: what)
+        guard fields.count == 2 else {
+            throw ConfigurationError("\(what) '\(text)' must be HOST:PORT (IPv6 in brackets, e.g. [::1]:8080)")
+        }
+        let port = try parsePort(fields.removeLast(), what: what, allowZero: allowZeroPort)
+        let host = fields[0]
+        guard !host.isEmpty else { throw ConfigurationError("\(what) '\(text)' has an empty host") }
+        return HostPort(host: host, port: port)
+    }
+
+    /// Splits on ':' outside brackets and removes the brackets: "[::1]:80:x" → ["::1", "80", "x"].
+    static func splitFields(_ text: String, what: String) throws(ConfigurationError) -> [String] {
+        var fields: [String] = []
+        var current = ""
+        var inBracket = false
+        for ch in text {
+            switch ch {
+            case "[":
+                guard !inBracket, current.isEmpty else { throw ConfigurationError("\(what) '\(text)' has a misplaced '['") }
+                inBracket = true
+            case "]":
+                guard inBracket else { throw ConfigurationError("\(what) '\(text)' has a ']' without '['") }
+                inBracket = false
+                guard IPAddressText.parseIPv6(current) != nil else {
+                    throw ConfigurationError("\(what) '\(text)': '\(current)' in brackets is not an IPv6 address")
+                }
+            case ":" where !inBracket:
+                fields.append(current)
+                current = ""
+            default:
+                current.append(ch)
+            }
+        }
+        guard !inBracket else { throw ConfigurationError("\(what) '\(text)' has a '[' without ']'") }
+        fields.append(current)
+        return fields
+    }
+
+    static func parsePort(_ text: String, what: String, allowZero: Bool = false) throws(ConfigurationError) -> Int {
+        guard let port = Int(text), port >= (allowZero ? 0 : 1), port <= 65535 else {
+            throw ConfigurationError("\(what): '\(text)' is not a port number (1-65535)")
+        }
+        return port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}

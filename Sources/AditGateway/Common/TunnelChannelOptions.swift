@@ -1,0 +1,53 @@
+import NIOCore
+import NIOPosix
+
+/// Socket options for the two kinds of connection Adit handles, chosen by measurement (docs/benchmarks.md).
+public struct TunnelChannelOptions: Sendable {
+    /// Tunnel (WebSocket) connections: big reads, a small buffer above the socket so the fair scheduler keeps
+    /// control of what goes out next.
+    public var tunnelReadBufferMax = 256 << 10
+    public var tunnelWriteLowWater = 64 << 10
+    public var tunnelWriteHighWater = 256 << 10
+    /// Stream endpoints (local apps, targets).
+    public var endpointReadBufferMax = 64 << 10
+
+    public init() {}
+
+    func apply(toEndpoint bootstrap: ClientBootstrap) -> ClientBootstrap {
+        bootstrap
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 << 10,
+                                                                                   maximum: endpointReadBufferMax))
+    }
+
+    func apply(toEndpointListener bootstrap: ServerBootstrap) -> ServerBootstrap {
+        bootstrap
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: 1024)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 << 10,
+                                                                                        maximum: endpointReadBufferMax))
+    }
+
+    func apply(toTunnel bootstrap: ClientBootstrap) -> ClientBootstrap {
+        bootstrap
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10,
+                                                                                   maximum: tunnelReadBufferMax))
+            .channelOption(.writeBufferWaterMark, value: .init(low: tunnelWriteLowWater, high: tunnelWriteHighWater))
+    }
+
+    func apply(toTunnelListener bootstrap: ServerBootstrap) -> ServerBootstrap {
+        bootstrap
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: 256)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10,
+                                                                                        maximum: tunnelReadBufferMax))
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: tunnelWriteLowWater, high: tunnelWriteHighWater))
+    }
+}

@@ -1,0 +1,158 @@
+import AditMux
+import AditWebSocket
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import ServiceLifecycle
+
+/// `adit server`: accepts tunnels over WebSocket and splices their streams to the targets the policy allows.
+public final class AditServer: Service, @unchecked Sendable {
+    public struct Configuration: Sendable {
+        public var listen: HostPort
+        public var policy: TargetPolicy
+        public var path = "/"
+        public var mux = MuxConfiguration()
+        public var channelOptions = TunnelChannelOptions()
+        public var connectTimeout: TimeAmount = .seconds(10)
+        /// On shutdown, how long streams may take to finish after GOAWAY.
+        public var drainTimeout: TimeAmount = .seconds(30)
+        public var threads = System.coreCount
+
+        public init(listen: HostPort, policy: TargetPolicy) {
+            self.listen = listen
+            self.policy = policy
+        }
+    }
+
+    public let configuration: Configuration
+    private let logger: Logger
+    private let group: MultiThreadedEventLoopGroup
+    private let ownsGroup: Bool
+    private let sessions = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<MuxHandler>]>([:])
+    private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
+    private var listener: (any Channel)?
+    private let started: EventLoopPromise<SocketAddress>
+
+    public init(configuration: Configuration, logger: Logger, group: MultiThreadedEventLoopGroup? = nil) {
+        self.configuration = configuration
+        self.logger = logger
+        self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
+        self.ownsGroup = group == nil
+        self.started = self.group.any().makePromise()
+    }
+
+    /// The address the server listens on, once it does (port 0 resolved).
+    public var localAddress: EventLoopFuture<SocketAddress> { started.futureResult }
+
+    public var sessionCount: Int { sessions.withLockedValue { $0.count } }
+
+    public func run() async throws {
+        do {
+            try await start()
+        } catch {
+            started.fail(error)
+            try? await shutdownGroup()
+            throw error
+        }
+        await withGracefulShutdownHandler {
+            try? await self.listener?.closeFuture.get()
+        } onGracefulShutdown: {
+            self.listener?.close(promise: nil)
+        }
+        await drain()
+        try? await shutdownGroup()
+    }
+
+    func start() async throws {
+        let config = configuration
+        let connector = TargetConnector(policy: config.policy, connectTimeout: config.connectTimeout,
+                                        channelOptions: config.channelOptions)
+        let logger = self.logger
+        let bootstrap = config.channelOptions.apply(toTunnelListener: ServerBootstrap(group: group))
+            .childChannelInitializer { [weak self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try self?.initializeTunnel(channel, connector: connector, logger: logger)
+                }
+            }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.bind(host: config.listen.host, port: config.listen.port).get()
+        } catch {
+            throw ConfigurationError("cannot listen on \(config.listen): \(describeBindError(error))")
+        }
+        listener = channel
+        let address = channel.localAddress!
+        boundAddress.withLockedValue { $0 = address }
+        started.succeed(address)
+        logger.notice("listening on \(HostPort(host: address.ipAddress ?? config.listen.host, port: address.port ?? 0))\(config.path == "/" ? "" : " path \(config.path)")",
+                      metadata: ["allow": "\(config.policy)"])
+        logger.notice("targets allowed: \(config.policy.patterns.isEmpty ? "none" : config.policy.description)")
+    }
+
+    private func initializeTunnel(_ channel: any Channel, connector: TargetConnector, logger: Logger) throws {
+        var logger = logger
+        logger[metadataKey: "peer"] = "\(channel.remoteAddress.map { "\($0)" } ?? "?")"
+        let mux = configuration.mux
+        let sessionLogger = logger
+        let pipeline = channel.pipeline.syncOperations
+        try pipeline.addHandler(HTTPResponseEncoder())
+        try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)))
+        try pipeline.addHandler(WebSocketServerHandshakeHandler(path: configuration.path, logger: logger) {
+            [weak self] channel, head in
+            guard let self else { throw ChannelError.ioOnClosedChannel }
+            var wsConfig = WebSocketConnectionHandler.Configuration()
+            wsConfig.maxMessageSize = Int(mux.maxReceiveMessageSize)
+            let session = ServerSession(connector: connector, logger: sessionLogger) { [weak self] handler in
+                guard let self else { return }
+                _ = self.sessions.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(handler)) }
+            }
+            let handler = MuxHandler(role: .server, configuration: mux, logger: sessionLogger)
+            session.attach(handler)
+            let sync = channel.pipeline.syncOperations
+            try sync.addHandler(WebSocketConnectionHandler(role: .server, configuration: wsConfig, logger: sessionLogger))
+            try sync.addHandler(handler)
+            self.sessions.withLockedValue { $0[ObjectIdentifier(handler)] = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
+            sessionLogger.info("tunnel opened", metadata: ["user_agent": "\(head.headers["User-Agent"].first ?? "")"])
+        })
+    }
+
+    /// GOAWAY to every tunnel, then wait for their streams to finish (or the drain timeout).
+    func drain() async {
+        let all = sessions.withLockedValue { Array($0.values) }
+        if !all.isEmpty {
+            logger.notice("shutting down: draining \(all.count) tunnel(s), up to \(configuration.drainTimeout.nanoseconds / 1_000_000_000) s")
+        }
+        for bound in all {
+            bound.eventLoop.execute { bound.value.beginDrain(reason: "the server is shutting down") }
+        }
+        let deadline = NIODeadline.now() + configuration.drainTimeout
+        while sessionCount > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(nanoseconds: 50_000_000)
+        }
+        let left = sessions.withLockedValue { Array($0.values) }
+        if !left.isEmpty {
+            logger.warning("drain timeout: closing \(left.count) tunnel(s) with streams still open")
+            for bound in left {
+                bound.eventLoop.execute { bound.value.closeTunnel() }
+            }
+        }
+    }
+
+    private func shutdownGroup() async throws {
+        if ownsGroup { try await group.shutdownGracefully() }
+    }
+}
+
+func describeBindError(_ error: any Error) -> String {
+    if let io = error as? IOError {
+        switch io.errnoCode {
+        case 98: return "the address is already in use (another process listens there)"
+        case 99: return "the address is not available on this machine"
+        case 13: return "permission denied (ports below 1024 need privileges)"
+        default: return "\(io)"
+        }
+    }
+    return "\(error)"
+}

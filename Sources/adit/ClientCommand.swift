@@ -1,0 +1,86 @@
+import AditGateway
+import ArgumentParser
+import NIOCore
+
+struct ClientCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "client",
+        abstract: "Forward local ports through one tunnel to an adit server.",
+        discussion: """
+            Each -L binds a local port at once; every connection to it becomes one stream of the tunnel,
+            which the server connects to HOST:HOSTPORT (if its --allow rules permit). The client keeps
+            the tunnel up, reconnecting with backoff; connections made while it is down wait up to 15 s.
+
+            Examples:
+              adit client ws://gateway.example.com:8080/ -L 2222:localhost:22
+              adit client ws://127.0.0.1:8080/tunnel -L 0.0.0.0:5432:db.internal:5432 -L 8443:intranet:443
+              adit client ws://[::1]:8080/ -L [::1]:8080:10.0.0.7:80 -H 'X-Team: ops'
+            """)
+
+    @Argument(help: ArgumentHelp("The server: ws://HOST[:PORT][/path]. Example: ws://gateway.example.com:8080/",
+                                 valueName: "url"))
+    var url: String
+
+    @Option(name: .customShort("L"), help: ArgumentHelp(
+        "Local forward [BIND:]PORT:HOST:HOSTPORT (repeatable), as in ssh. BIND defaults to 127.0.0.1; IPv6 in brackets. Example: -L 8080:intranet.example:80",
+        valueName: "forward"))
+    var forwards: [String] = []
+
+    @Option(name: [.customShort("H"), .long], help: ArgumentHelp(
+        "Extra header for the WebSocket upgrade request, 'Name: value' (repeatable). Example: -H 'Authorization: Bearer abc'",
+        valueName: "header"))
+    var header: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Host header to send instead of the URL's host.", valueName: "host"))
+    var hostHeader: String?
+
+    @Option(name: .long, help: ArgumentHelp("Origin header to send. Example: --origin https://portal.example.com",
+                                            valueName: "origin"))
+    var origin: String?
+
+    @Option(name: .long, help: ArgumentHelp("Seconds to wait for the server's TCP connection and upgrade.", valueName: "seconds"))
+    var connectTimeout: Int = 10
+
+    @OptionGroup var tunnel: TunnelOptions
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        do {
+            _ = try TunnelURL.parse(url)
+            guard !forwards.isEmpty else {
+                throw ValidationError("no -L forward given; add one, e.g. -L 8080:example.com:80")
+            }
+            for f in forwards { _ = try ForwardSpec.parse(f) }
+            _ = try parsedHeaders()
+        } catch let error as ConfigurationError {
+            throw ValidationError(error.message)
+        }
+        guard connectTimeout >= 1 else { throw ValidationError("--connect-timeout must be at least 1 second") }
+    }
+
+    func parsedHeaders() throws -> [(String, String)] {
+        try header.map { line in
+            guard let colon = line.firstIndex(of: ":"), colon != line.startIndex else {
+                throw ConfigurationError("-H '\(line)' must be 'Name: value'")
+            }
+            let name = String(line[..<colon]).trimmingCharacters(in: .whitespaces)
+            let value = String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
+            guard name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: ":") }),
+                !value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A })
+            else { throw ConfigurationError("-H '\(line)' has characters not allowed in an HTTP header") }
+            return (name, value)
+        }
+    }
+
+    func run() async throws {
+        raiseFileDescriptorLimit()
+        let logger = logging.makeLogger(label: "adit.client")
+        var config = AditClient.Configuration(url: try TunnelURL.parse(url), forwards: try forwards.map(ForwardSpec.parse))
+        config.extraHeaders = try parsedHeaders()
+        config.hostHeader = hostHeader
+        config.origin = origin
+        config.mux = tunnel.muxConfiguration
+        config.connectTimeout = .seconds(Int64(connectTimeout))
+        try await runService(AditClient(configuration: config, logger: logger), logger: logger)
+    }
+}

@@ -1,0 +1,133 @@
+import AditGateway
+import AditMux
+import ArgumentParser
+import Logging
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+struct LoggingOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "Log detail: trace, debug, info, notice, warning, error. Debug shows every stream and tunnel round-trip times.",
+        valueName: "level"))
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel.lowercased()) != nil else {
+            throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error")
+        }
+    }
+
+    func makeLogger(label: String) -> Logger {
+        let level = Logger.Level(rawValue: logLevel.lowercased()) ?? .info
+        LoggingBootstrapOnce.run(level: level)
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
+enum LoggingBootstrapOnce {
+    nonisolated(unsafe) static var done = false
+    static func run(level: Logger.Level) {
+        guard !done else { return }
+        done = true
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+}
+
+struct TunnelOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "Flow-control window per stream and direction (bytes, or with K/M suffix). One stream moves at most window ÷ round-trip time; memory per stalled stream is bounded by it. Example: --window 8M.",
+        valueName: "size"))
+    var window: String = "4M"
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Send a keepalive PING after this many seconds of silence; the tunnel is declared dead after three silent intervals.",
+        valueName: "seconds"))
+    var keepalive: Int = 30
+
+    @Option(name: .long, help: ArgumentHelp("Most streams one tunnel carries at once; more are refused with 'resource limit'.",
+                                            valueName: "n"))
+    var maxStreams: Int = 65_536
+
+    func validate() throws {
+        guard let w = parseSize(window), w >= 64 << 10, w <= Int(Int32.max) else {
+            throw ValidationError("--window '\(window)' must be a size between 64K and 2047M, e.g. --window 4M")
+        }
+        guard keepalive >= 1 && keepalive <= 3600 else {
+            throw ValidationError("--keepalive must be between 1 and 3600 seconds")
+        }
+        guard maxStreams >= 1 else { throw ValidationError("--max-streams must be at least 1") }
+    }
+
+    var muxConfiguration: MuxConfiguration {
+        var config = MuxConfiguration()
+        config.initialWindow = UInt32(parseSize(window) ?? Int(config.initialWindow))
+        config.keepaliveInterval = .seconds(Int64(keepalive))
+        config.maxConcurrentStreams = maxStreams
+        return config
+    }
+}
+
+/// "4M" → 4194304; plain numbers are bytes.
+func parseSize(_ text: String) -> Int? {
+    let t = text.trimmingCharacters(in: .whitespaces).uppercased()
+    let multipliers: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+    if let last = t.last, let m = multipliers[last] {
+        let digits = t.dropLast().hasSuffix("I") ? t.dropLast(2) : t.dropLast()
+        return Int(digits).map { $0 * m }
+    }
+    if t.hasSuffix("IB"), let last = t.dropLast(2).last, let m = multipliers[last] {
+        return Int(t.dropLast(3)).map { $0 * m }
+    }
+    return Int(t)
+}
+
+extension String {
+    func trimmingCharacters(in set: Set<Character>) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+extension Set where Element == Character {
+    static let whitespaces: Set<Character> = [" ", "\t"]
+}
+
+/// Many idle streams need many descriptors: lift the soft limit to the hard one, as Go programs do.
+func raiseFileDescriptorLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+}
+
+/// Runs a service until SIGTERM or SIGINT, turning failures into one line and exit code 1.
+func runService(_ service: some Service & Sendable, logger: Logger) async throws {
+    let group = ServiceGroup(configuration: .init(
+        services: [.init(service: service)],
+        gracefulShutdownSignals: [.sigterm, .sigint],
+        logger: Logger(label: "adit.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })))
+    do {
+        try await group.run()
+    } catch let error as ConfigurationError {
+        logger.error("\(error.message)")
+        throw ExitCode(1)
+    } catch {
+        logger.error("\(error)")
+        throw ExitCode(1)
+    }
+}
+
+import ServiceLifecycle

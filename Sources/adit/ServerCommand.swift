@@ -1,0 +1,75 @@
+import AditGateway
+import ArgumentParser
+import NIOCore
+
+struct ServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "server",
+        abstract: "Accept tunnels over WebSocket and connect their streams to allowed targets.",
+        discussion: """
+            Every target is denied unless an --allow pattern matches it; the policy is checked on every
+            stream. Plain HTTP requests get a short text answer; upgrades without the adit.v1 subprotocol
+            get HTTP 400.
+
+            Examples:
+              adit server --listen 0.0.0.0:8080 --allow 'localhost:22'
+              adit server --listen [::]:8080 --allow '10.0.0.0/8:22' --allow '*.corp.example:443'
+              adit server --listen 127.0.0.1:8080 --path /tunnel --allow '*:*'   # behind nginx, anything
+
+            SIGTERM or SIGINT drains: open streams finish (up to --drain-timeout), new ones are refused.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("Address and port to accept tunnels on (IPv6 in brackets). Example: --listen 0.0.0.0:8080",
+                                            valueName: "host:port"))
+    var listen: String = "127.0.0.1:8080"
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Allow streams to targets matching PATTERN (repeatable): host:port, host:*, *.example.com:443, 10.0.0.0/8:22, [::1]:*, [fd00::/8]:*, *:*; ports may be ranges (8000-8999).",
+        valueName: "pattern"))
+    var allow: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("URL path the WebSocket is served on. Example: --path /tunnel", valueName: "path"))
+    var path: String = "/"
+
+    @Option(name: .long, help: ArgumentHelp("Seconds to wait for a target to accept a connection.", valueName: "seconds"))
+    var connectTimeout: Int = 10
+
+    @Option(name: .long, help: ArgumentHelp("Seconds open streams may take to finish on shutdown.", valueName: "seconds"))
+    var drainTimeout: Int = 30
+
+    @Option(name: .long, help: ArgumentHelp("Event-loop threads (default: one per core).", valueName: "n"))
+    var threads: Int = System.coreCount
+
+    @OptionGroup var tunnel: TunnelOptions
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        do {
+            _ = try HostPort.parse(listen, what: "--listen", allowZeroPort: true)
+            guard !allow.isEmpty else {
+                throw ValidationError(
+                    "no --allow pattern given: the server would refuse every target. Add one, e.g. --allow 'localhost:22' (or --allow '*:*' to allow all)")
+            }
+            _ = try TargetPolicy.parse(allow)
+        } catch let error as ConfigurationError {
+            throw ValidationError(error.message)
+        }
+        guard path.hasPrefix("/") else { throw ValidationError("--path '\(path)' must start with '/'") }
+        guard connectTimeout >= 1 else { throw ValidationError("--connect-timeout must be at least 1 second") }
+        guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout cannot be negative") }
+        guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be between 1 and 256") }
+    }
+
+    func run() async throws {
+        raiseFileDescriptorLimit()
+        let logger = logging.makeLogger(label: "adit.server")
+        var config = AditServer.Configuration(listen: try HostPort.parse(listen, what: "--listen", allowZeroPort: true),
+                                              policy: try TargetPolicy.parse(allow))
+        config.path = path
+        config.mux = tunnel.muxConfiguration
+        config.connectTimeout = .seconds(Int64(connectTimeout))
+        config.drainTimeout = .seconds(Int64(drainTimeout))
+        config.threads = threads
+        try await runService(AditServer(configuration: config, logger: logger), logger: logger)
+    }
+}

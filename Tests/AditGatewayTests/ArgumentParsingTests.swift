@@ -1,0 +1,63 @@
+import AditGateway
+import AditMux
+import Testing
+
+@Suite struct ArgumentParsingTests {
+    @Test func forwardSpecsInSshSyntax() throws {
+        let plain = try ForwardSpec.parse("8080:example.com:80")
+        #expect(plain.bind == HostPort(host: "127.0.0.1", port: 8080))
+        #expect(plain.target == MuxTarget(hostText: "example.com", port: 80))
+
+        let bound = try ForwardSpec.parse("0.0.0.0:2222:10.0.0.5:22")
+        #expect(bound.bind == HostPort(host: "0.0.0.0", port: 2222))
+        #expect(bound.target.host == .ipv4(0x0A00_0005))
+
+        let v6 = try ForwardSpec.parse("[::1]:8080:[2001:db8::1]:443")
+        #expect(v6.bind == HostPort(host: "::1", port: 8080))
+        #expect(v6.target.description == "[2001:db8::1]:443")
+
+        let any = try ForwardSpec.parse("*:8080:h:1")
+        #expect(any.bind.host == "0.0.0.0")
+    }
+
+    @Test(arguments: ["nonsense", "8080", "8080:host", "x:host:80", "8080:host:0", "8080::80", "1:2:3:4:5",
+                      "[::1:8080:h:1", "8080:ho st:80", "[zz]:1:h:1"])
+    func badForwardSpecsAreRejected(_ text: String) {
+        #expect(throws: ConfigurationError.self) { _ = try ForwardSpec.parse(text) }
+    }
+
+    @Test func tunnelURLs() throws {
+        let a = try TunnelURL.parse("ws://gw.example:8080/tunnel")
+        #expect(a.host == "gw.example" && a.port == 8080 && a.path == "/tunnel")
+        #expect(a.hostHeader == "gw.example:8080")
+        let b = try TunnelURL.parse("ws://gw.example")
+        #expect(b.port == 80 && b.path == "/" && b.hostHeader == "gw.example")
+        let c = try TunnelURL.parse("ws://[::1]:9000/")
+        #expect(c.host == "::1" && c.port == 9000 && c.hostHeader == "[::1]:9000")
+        let d = try TunnelURL.parse("ws://[::1]/x?y=1")
+        #expect(d.host == "::1" && d.port == 80 && d.path == "/x?y=1")
+        #expect(throws: ConfigurationError.self) { _ = try TunnelURL.parse("http://x/") }
+        #expect(throws: ConfigurationError.self) { _ = try TunnelURL.parse("ws://:80/") }
+        #expect(throws: ConfigurationError.self) { _ = try TunnelURL.parse("ws://host:99999/") }
+        #expect(throws: ConfigurationError.self) { _ = try TunnelURL.parse("ws://user:pw@host/") }
+    }
+
+    @Test func listenAddresses() throws {
+        #expect(try HostPort.parse("0.0.0.0:8080", what: "--listen") == HostPort(host: "0.0.0.0", port: 8080))
+        #expect(try HostPort.parse("[::]:0", what: "--listen", allowZeroPort: true) == HostPort(host: "::", port: 0))
+        #expect(throws: ConfigurationError.self) { _ = try HostPort.parse("8080", what: "--listen") }
+        #expect(throws: ConfigurationError.self) { _ = try HostPort.parse(":8080", what: "--listen") }
+    }
+
+    @Test func ipAddressText() {
+        #expect(IPAddressText.parseIPv4("192.168.1.1") == 0xC0A8_0101)
+        #expect(IPAddressText.parseIPv4("256.1.1.1") == nil)
+        #expect(IPAddressText.parseIPv4("1.2.3") == nil)
+        #expect(IPAddressText.parseIPv4("01.2.3.4444") == nil)
+        #expect(IPAddressText.parseIPv6("::") == [UInt8](repeating: 0, count: 16))
+        #expect(IPAddressText.parseIPv6("1::2::3") == nil)
+        #expect(IPAddressText.parseIPv6("::ffff:1.2.3.4").map { Array($0[12...]) } == [1, 2, 3, 4])
+        #expect(IPAddressText.formatIPv6(IPAddressText.parseIPv6("2001:db8:0:0:1:0:0:1")!) == "2001:db8::1:0:0:1")
+        #expect(IPAddressText.formatIPv6(IPAddressText.parseIPv6("::1")!) == "::1")
+    }
+}

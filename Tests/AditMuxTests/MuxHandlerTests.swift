@@ -1,0 +1,258 @@
+import AditMux
+import Logging
+import NIOCore
+import NIOEmbedded
+import Testing
+
+/// Records half-closes that EmbeddedChannel would otherwise turn into full closes.
+final class HalfCloseRecorder: ChannelOutboundHandler {
+    typealias OutboundIn = Any
+    var outputClosed = false
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .output {
+            outputClosed = true
+            promise?.succeed(())
+        } else {
+            context.close(mode: mode, promise: promise)
+        }
+    }
+}
+
+final class AcceptingDelegate: MuxSessionDelegate {
+    var ready = false
+    var opens: [(StreamID, MuxTarget)] = []
+    var closed = false
+    var decision: ((MuxHandler, StreamID, MuxTarget) -> Void)?
+
+    func muxSessionDidBecomeReady(_ session: MuxHandler) { ready = true }
+    func muxSession(_ session: MuxHandler, didReceiveOpenFor stream: StreamID, target: MuxTarget) {
+        opens.append((stream, target))
+        decision?(session, stream, target)
+    }
+    func muxSessionDidReceiveGoAway(_ session: MuxHandler, code: ResetCode, reason: String) {}
+    func muxSessionDidClose(_ session: MuxHandler, error: (any Error)?) { closed = true }
+}
+
+/// Two sessions joined back to back on one embedded loop; `pump()` carries messages both ways.
+struct MuxPair {
+    let loop = EmbeddedEventLoop()
+    let client: EmbeddedChannel
+    let server: EmbeddedChannel
+    let clientMux: MuxHandler
+    let serverMux: MuxHandler
+    let clientDelegate = AcceptingDelegate()
+    let serverDelegate = AcceptingDelegate()
+    /// Every DATA frame the client sent, by stream, for flow-control and fairness assertions.
+    var clientDataFrames: [(StreamID, Int)] = []
+
+    init(configuration: MuxConfiguration = .init()) throws {
+        let logger = Logger(label: "test")
+        clientMux = MuxHandler(role: .client, configuration: configuration, logger: logger, delegate: clientDelegate)
+        serverMux = MuxHandler(role: .server, configuration: configuration, logger: logger, delegate: serverDelegate)
+        client = EmbeddedChannel(handler: clientMux, loop: loop)
+        server = EmbeddedChannel(handler: serverMux, loop: loop)
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
+        try pump()
+    }
+
+    func endpoint() throws -> (EmbeddedChannel, HalfCloseRecorder) {
+        let recorder = HalfCloseRecorder()
+        let channel = EmbeddedChannel(handler: recorder, loop: loop)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 3)).wait()
+        return (channel, recorder)
+    }
+
+    /// Moves messages until both directions are quiet. Returns the number of messages moved.
+    @discardableResult
+    mutating func pump(maxRounds: Int = 1000) throws -> Int {
+        var moved = 0
+        for _ in 0..<maxRounds {
+            loop.run()
+            var progress = false
+            while let message = try client.readOutbound(as: ByteBuffer.self) {
+                var copy = message
+                while let frame = try MuxFrameCodec.decode(from: &copy) {
+                    if case .data(let id, let payload, _) = frame { clientDataFrames.append((id, payload.readableBytes)) }
+                }
+                try server.writeInbound(message)
+                progress = true
+                moved += 1
+            }
+            while let message = try server.readOutbound(as: ByteBuffer.self) {
+                try client.writeInbound(message)
+                progress = true
+                moved += 1
+            }
+            if !progress { break }
+        }
+        return moved
+    }
+}
+
+extension EmbeddedChannel {
+    func drainOutboundBytes() throws -> [UInt8] {
+        var out: [UInt8] = []
+        while let b = try readOutbound(as: ByteBuffer.self) { out += b.readableBytesView }
+        return out
+    }
+}
+
+@Suite struct MuxHandlerTests {
+    let target = MuxTarget(hostText: "127.0.0.1", port: 9)
+
+    @Test func helloExchangeMakesBothSidesReady() throws {
+        let pair = try MuxPair()
+        #expect(pair.clientDelegate.ready)
+        #expect(pair.serverDelegate.ready)
+        #expect(pair.clientMux.isReady)
+    }
+
+    @Test func earlyDataIsHeldUntilAcceptedThenFlowsBothWays() throws {
+        var pair = try MuxPair()
+        let (a, _) = try pair.endpoint()
+        let (b, _) = try pair.endpoint()
+        let id = try pair.clientMux.openStream(to: target, endpoint: a)
+        try a.writeInbound(ByteBuffer(string: "early bytes"))  // before any answer
+        try pair.pump()
+        #expect(pair.serverDelegate.opens.count == 1)
+        #expect(pair.serverDelegate.opens[0].0 == id)
+        #expect(pair.serverDelegate.opens[0].1 == target)
+        pair.serverMux.accept(id, endpoint: b)
+        try pair.pump()
+        #expect(String(decoding: try b.drainOutboundBytes(), as: UTF8.self) == "early bytes")
+        try b.writeInbound(ByteBuffer(string: "answer"))
+        try pair.pump()
+        #expect(String(decoding: try a.drainOutboundBytes(), as: UTF8.self) == "answer")
+    }
+
+    @Test func rejectedStreamClosesTheLocalConnection() throws {
+        var pair = try MuxPair()
+        let (a, _) = try pair.endpoint()
+        pair.serverDelegate.decision = { session, id, _ in session.reject(id, code: .notAllowed, reason: "policy") }
+        _ = try pair.clientMux.openStream(to: target, endpoint: a)
+        try pair.pump()
+        #expect(!a.isActive)
+        #expect(pair.clientMux.streamCount == 0)
+        #expect(pair.serverMux.streamCount == 0)
+    }
+
+    @Test func senderNeverExceedsTheWindowBeforeConsumption() throws {
+        var config = MuxConfiguration()
+        config.initialWindow = 64 << 10
+        var pair = try MuxPair(configuration: config)
+        let (a, _) = try pair.endpoint()
+        let (b, _) = try pair.endpoint()
+        let id = try pair.clientMux.openStream(to: target, endpoint: a)
+        // Offer 200 KiB while the server has not accepted: only the window may cross.
+        var sent: [UInt8] = []
+        for i in 0..<50 {
+            let chunk = [UInt8](repeating: UInt8(i), count: 4096)
+            sent += chunk
+            try a.writeInbound(ByteBuffer(bytes: chunk))
+            try pair.pump()
+        }
+        let crossed = pair.clientDataFrames.filter { $0.0 == id }.map(\.1).reduce(0, +)
+        #expect(crossed <= 64 << 10)
+        #expect(crossed > 0)
+        // Accepting consumes (embedded writes complete at once), credit flows back, the rest follows.
+        pair.serverMux.accept(id, endpoint: b)
+        try pair.pump()
+        for _ in 0..<20 {
+            try a.writeInbound(ByteBuffer())
+            try pair.pump()
+        }
+        #expect(try b.drainOutboundBytes() == sent)
+    }
+
+    @Test func halfCloseTravelsAsFinAndTheOtherDirectionKeepsFlowing() throws {
+        var pair = try MuxPair()
+        let (a, recorderA) = try pair.endpoint()
+        let (b, recorderB) = try pair.endpoint()
+        pair.serverDelegate.decision = { session, id, _ in session.accept(id, endpoint: b) }
+        _ = try pair.clientMux.openStream(to: target, endpoint: a)
+        try a.writeInbound(ByteBuffer(string: "request"))
+        a.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        try pair.pump()
+        #expect(String(decoding: try b.drainOutboundBytes(), as: UTF8.self) == "request")
+        #expect(recorderB.outputClosed)  // the target saw EOF
+        #expect(!recorderA.outputClosed)
+        try b.writeInbound(ByteBuffer(string: "response after EOF"))
+        try pair.pump()
+        #expect(String(decoding: try a.drainOutboundBytes(), as: UTF8.self) == "response after EOF")
+        b.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        try pair.pump()
+        #expect(recorderA.outputClosed)
+        #expect(pair.clientMux.streamCount == 0)
+        #expect(pair.serverMux.streamCount == 0)
+    }
+
+    @Test func aSmallStreamIsServedBesideABulkOne() throws {
+        var config = MuxConfiguration()
+        config.streamReadHighWater = 1 << 20
+        var pair = try MuxPair(configuration: config)
+        let (bulk, _) = try pair.endpoint()
+        let (small, _) = try pair.endpoint()
+        let bulkID = try pair.clientMux.openStream(to: target, endpoint: bulk)
+        let smallID = try pair.clientMux.openStream(to: target, endpoint: small)
+        try pair.pump()
+        // Queue 512 KiB on the bulk stream and 10 bytes on the small one in the same event-loop turn.
+        bulk.pipeline.fireChannelRead(ByteBuffer(repeating: 1, count: 512 << 10))
+        small.pipeline.fireChannelRead(ByteBuffer(repeating: 2, count: 10))
+        bulk.pipeline.fireChannelReadComplete()
+        try pair.pump()
+        let order = pair.clientDataFrames.map(\.0)
+        let firstSmall = try #require(order.firstIndex(of: smallID))
+        let bulkBefore = pair.clientDataFrames[..<firstSmall].filter { $0.0 == bulkID }.map(\.1).reduce(0, +)
+        #expect(bulkBefore <= config.quantum)
+    }
+
+    @Test func garbageFromThePeerEndsTheSessionWithGoAway() throws {
+        let pair = try MuxPair()
+        let (a, _) = try pair.endpoint()
+        _ = try pair.clientMux.openStream(to: target, endpoint: a)
+        try pair.client.writeInbound(ByteBuffer(bytes: [0, 0, 9, 0, 0]))  // truncated frame
+        pair.loop.run()
+        var sawGoAway = false
+        while var message = try pair.client.readOutbound(as: ByteBuffer.self) {
+            while let frame = try? MuxFrameCodec.decode(from: &message) {
+                if case .goAway(_, .protocolError, _) = frame { sawGoAway = true }
+            }
+        }
+        #expect(sawGoAway)
+        #expect(pair.clientMux.isClosed)
+        #expect(pair.clientDelegate.closed)
+        #expect(!a.isActive)  // streams are reset with the session
+    }
+
+    @Test func streamsOfAClosedTunnelAreClosed() throws {
+        var pair = try MuxPair()
+        let (a, _) = try pair.endpoint()
+        let (b, _) = try pair.endpoint()
+        pair.serverDelegate.decision = { session, id, _ in session.accept(id, endpoint: b) }
+        _ = try pair.clientMux.openStream(to: target, endpoint: a)
+        try pair.pump()
+        #expect(b.isActive)
+        try pair.server.close().wait()
+        #expect(!b.isActive)
+        #expect(pair.serverDelegate.closed)
+    }
+
+    @Test func drainRefusesNewStreamsAndClosesWhenIdle() throws {
+        var pair = try MuxPair()
+        let (a, _) = try pair.endpoint()
+        let (b, _) = try pair.endpoint()
+        pair.serverDelegate.decision = { session, id, _ in session.accept(id, endpoint: b) }
+        _ = try pair.clientMux.openStream(to: target, endpoint: a)
+        try pair.pump()
+        pair.serverMux.beginDrain(reason: "test")
+        try pair.pump()
+        let (c, _) = try pair.endpoint()
+        #expect(throws: MuxSessionError.draining) { try pair.clientMux.openStream(to: target, endpoint: c) }
+        #expect(!pair.serverMux.isClosed)  // a stream is still open
+        try a.close().wait()
+        try pair.pump()
+        #expect(pair.serverMux.isClosed)
+    }
+}

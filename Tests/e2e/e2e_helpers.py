@@ -1,0 +1,695 @@
+"""Helpers for the Adit end-to-end tests.
+
+Everything here runs on 127.0.0.1 only. Processes are started and stopped by PID;
+every process and server thread is registered so that the timeout watchdog in
+conftest.py can clean up even when a test hangs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+CHUNK = 256 * KiB  # large chunks so that Python is not the bottleneck
+
+# Text that must never appear in adit's output: Swift runtime traps, backtraces.
+CRASH_MARKERS = (
+    "Fatal error",
+    "fatalError",
+    "Precondition failed",
+    "Assertion failed",
+    "Stack dump",
+    "Current stack trace",
+    "Program crashed",
+    "Backtrace",
+    "Illegal instruction",
+    "Segmentation fault",
+)
+
+# ---------------------------------------------------------------------------
+# Registry of live processes (for the hard watchdog and the session end).
+
+_live_procs: dict[int, "AditProcess"] = {}
+_live_lock = threading.Lock()
+
+
+def kill_all_live_processes() -> None:
+    """SIGKILL every process this suite started and that is still registered (by PID)."""
+    with _live_lock:
+        procs = list(_live_procs.values())
+    for p in procs:
+        try:
+            p.kill()
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# Ports
+
+
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now.
+
+    Picked outside the kernel's ephemeral range (32768-60999 on Debian) so that
+    outgoing connections of the tests themselves cannot grab it before the
+    process under test binds it. Never hands out the same port twice per run.
+    """
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    with _port_lock:
+        for _ in range(2000):
+            port = rng.randrange(20000, 32000)
+            if port in _handed_out:
+                continue
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            finally:
+                s.close()
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port found")
+
+
+def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def port_listening(port: int) -> bool:
+    """True if some socket is in LISTEN state on `port` (from /proc/net/tcp{,6}).
+
+    Unlike a test connect, this has no side effect: a connect to an adit client's
+    forward would open a stream to the target."""
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1",
+                  proc: "AditProcess | None" = None, connect: bool = True) -> None:
+    """Wait until a TCP connect to host:port succeeds (connect=False: until the
+    port is in LISTEN state, without connecting). Fails early if proc exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if (port_accepts(port, host) if connect else port_listening(port)):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"{proc.name} exited with code {proc.returncode} before {host}:{port} accepted "
+                f"connections; log:\n{proc.log_tail()}")
+        if time.monotonic() > deadline:
+            extra = f"; log:\n{proc.log_tail()}" if proc is not None else ""
+            raise AssertionError(f"{host}:{port} did not accept connections within {timeout}s{extra}")
+        time.sleep(0.025)
+
+
+def wait_until(pred: Callable[[], object], timeout: float, interval: float = 0.05,
+               what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+
+def read_rss_kib(pid: int) -> int | None:
+    """VmRSS of a process in KiB, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+class AditProcess:
+    """One adit process; stdout and stderr go to one log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path):
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self.popen: subprocess.Popen | None = None
+        self.killed_by_us = False
+        self.port: int | None = None      # server: its listen port
+        self.url: str | None = None       # server: the ws:// URL of it
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> "AditProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"### {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.popen = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, env=_child_env())
+        with _live_lock:
+            _live_procs[self.popen.pid] = self
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.popen is None else self.popen.returncode
+
+    def poll(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def _unregister(self) -> None:
+        if self.popen is not None:
+            with _live_lock:
+                _live_procs.pop(self.popen.pid, None)
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.killed_by_us = True
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL by PID and reap."""
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            self.killed_by_us = True
+            try:
+                os.kill(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._unregister()
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM, wait up to `grace` s, then SIGKILL. Returns the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.killed_by_us = True
+            try:
+                os.kill(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._unregister()
+        return self.popen.returncode
+
+    # -- logs --------------------------------------------------------------
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, max_lines: int = 150) -> str:
+        lines = self.log_text().splitlines()
+        if len(lines) > max_lines:
+            lines = [f"... ({len(lines) - max_lines} earlier lines in {self.log_path})"] + lines[-max_lines:]
+        return "\n".join(lines)
+
+    def log_mark(self) -> int:
+        """The current end of the log; pass it as `since` to look only at later lines."""
+        return len(self.log_text())
+
+    def log_lines_matching(self, needle: str, since: int = 0) -> list[str]:
+        n = needle.lower()
+        return [ln for ln in self.log_text()[since:].splitlines() if n in ln.lower()]
+
+    def wait_for_log(self, needle: str, timeout: float = 5.0, since: int = 0) -> str:
+        """Wait until a log line (after offset `since`) contains `needle`
+        (case-insensitive); return that line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            hits = self.log_lines_matching(needle, since)
+            if hits:
+                return hits[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.name}: no log line containing {needle!r} within {timeout}s; log:\n"
+                    f"{self.log_tail()}")
+            time.sleep(0.05)
+
+    def crash_lines(self) -> list[str]:
+        return [ln for ln in self.log_text().splitlines()
+                if any(m.lower() in ln.lower() for m in CRASH_MARKERS)]
+
+    def rss_kib(self) -> int | None:
+        return read_rss_kib(self.pid) if self.alive() else None
+
+    def __repr__(self) -> str:
+        return f"<AditProcess {self.name} pid={self.popen.pid if self.popen else None}>"
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # adit must never pick up a proxy from the test environment.
+    for k in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        env.pop(k, None)
+    return env
+
+
+# ---------------------------------------------------------------------------
+# Test data
+
+
+class Blob:
+    """A pre-generated random buffer; streams are cut from it with a rotating
+    offset so that the data is not periodic at any small period."""
+
+    def __init__(self, size: int = 16 * MiB, seed: int = 0xAD17):
+        rng = random.Random(seed)
+        self.data = rng.randbytes(size)
+        self.view = memoryview(self.data)
+        self.size = size
+
+    def chunks(self, total: int, seed: int = 0, chunk: int = CHUNK) -> Iterator[memoryview]:
+        """Yield memoryviews adding up to exactly `total` bytes."""
+        span = self.size - chunk
+        pos = (seed * 7_919_993 + 12_345) % span
+        left = total
+        while left > 0:
+            n = min(chunk, left)
+            yield self.view[pos:pos + n]
+            left -= n
+            pos = (pos + n + 4_099) % span  # 4099 skips: the stream never repeats with period 16 MiB
+
+    def bytes(self, total: int, seed: int = 0) -> bytes:
+        return b"".join(bytes(c) for c in self.chunks(total, seed))
+
+    def digest(self, total: int, seed: int = 0) -> tuple[int, str]:
+        h = hashlib.sha256()
+        for c in self.chunks(total, seed):
+            h.update(c)
+        return total, h.hexdigest()
+
+
+class Progress:
+    """A byte counter shared between threads (only ever written by one thread)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.done = False
+        self.error: BaseException | None = None
+
+
+def send_blob(sock: socket.socket, blob: Blob, total: int, seed: int = 0,
+              progress: Progress | None = None, shut_wr: bool = True,
+              stop: threading.Event | None = None) -> tuple[int, str]:
+    """Send `total` bytes from blob, hashing them. Returns (count, sha256 hex) of what was sent."""
+    h = hashlib.sha256()
+    sent = 0
+    for c in blob.chunks(total, seed):
+        if stop is not None and stop.is_set():
+            break
+        sock.sendall(c)
+        h.update(c)
+        sent += len(c)
+        if progress is not None:
+            progress.bytes = sent
+    if shut_wr:
+        sock.shutdown(socket.SHUT_WR)
+    if progress is not None:
+        progress.done = True
+    return sent, h.hexdigest()
+
+
+def recv_all_hash(sock: socket.socket, progress: Progress | None = None,
+                  bufsize: int = 1 * MiB) -> tuple[int, str]:
+    """Read until EOF, hashing. Returns (count, sha256 hex)."""
+    h = hashlib.sha256()
+    buf = bytearray(bufsize)
+    mv = memoryview(buf)
+    total = 0
+    while True:
+        n = sock.recv_into(buf)
+        if n == 0:
+            break
+        h.update(mv[:n])
+        total += n
+        if progress is not None:
+            progress.bytes = total
+    if progress is not None:
+        progress.done = True
+    return total, h.hexdigest()
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        b = sock.recv(n - len(out))
+        if not b:
+            raise EOFError(f"EOF after {len(out)} of {n} bytes")
+        out += b
+    return bytes(out)
+
+
+def recv_until_eof(sock: socket.socket, limit: int = 64 * MiB) -> bytes:
+    out = bytearray()
+    while True:
+        b = sock.recv(256 * KiB)
+        if not b:
+            return bytes(out)
+        out += b
+        if len(out) > limit:
+            raise AssertionError(f"more than {limit} bytes before EOF")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def wait_closed(sock: socket.socket, timeout: float) -> tuple[str, bytes]:
+    """Wait until the peer closes `sock` (EOF or reset). Returns (how, data received before)."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"connection still open after {timeout}s (received {len(data)} bytes)")
+        sock.settimeout(left)
+        try:
+            b = sock.recv(64 * KiB)
+        except (ConnectionResetError, BrokenPipeError):
+            return "reset", bytes(data)
+        except socket.timeout:
+            raise AssertionError(f"connection still open after {timeout}s (received {len(data)} bytes)")
+        if not b:
+            return "eof", bytes(data)
+        data += b
+
+
+def connect_local(port: int, timeout: float = 5.0) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def make_probe(port: int, timeout: float = 2.0) -> bool:
+    """One echo round trip through a forward whose target is an echo server."""
+    try:
+        with connect_local(port, timeout=timeout) as s:
+            s.settimeout(timeout)
+            msg = b"adit-probe-" + os.urandom(8).hex().encode()
+            s.sendall(msg)
+            got = recv_exactly(s, len(msg))
+            return got == msg
+    except (OSError, EOFError):
+        return False
+
+
+def wait_tunnel_ready(port: int, timeout: float = 15.0, proc: AditProcess | None = None) -> float:
+    """Poll an echo forward until an echo round trip succeeds. Returns seconds waited."""
+    t0 = time.monotonic()
+    while True:
+        if make_probe(port):
+            return time.monotonic() - t0
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{proc.name} exited with code {proc.returncode}; log:\n{proc.log_tail()}")
+        if time.monotonic() - t0 > timeout:
+            extra = f"; {proc.name} log:\n{proc.log_tail()}" if proc is not None else ""
+            raise AssertionError(f"no echo through the tunnel on port {port} within {timeout}s{extra}")
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------
+# Target servers (what adit connects to), each on its own port, threaded.
+
+
+class TargetServer:
+    """A threaded TCP server on 127.0.0.1; `handler(conn, server)` runs per connection."""
+
+    def __init__(self, name: str, handler: Callable[[socket.socket, "TargetServer"], object],
+                 rcvbuf: int | None = None, conn_timeout: float = 300.0, host: str = "127.0.0.1"):
+        self.name = name
+        self.handler = handler
+        self.conn_timeout = conn_timeout
+        self.host = host
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf is not None:  # inherited by accepted sockets; disables autotuning
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.bind((host, 0))
+        self.sock.listen(1024)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.conns: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self.results: list[object] = []   # whatever the handlers return, in completion order
+        self.errors: list[str] = []
+        self.accepted = 0
+        self.bytes_in = 0                 # updated by handlers that count
+        self._acceptor = threading.Thread(target=self._accept_loop, name=f"{name}-accept", daemon=True)
+        self._acceptor.start()
+
+    def _accept_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self.stopping.is_set():
+                    return
+                continue
+            conn.settimeout(self.conn_timeout)
+            with self.lock:
+                self.accepted += 1
+                self.conns.append(conn)
+                t = threading.Thread(target=self._run, args=(conn,), name=f"{self.name}-conn", daemon=True)
+                self.threads.append(t)
+            t.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            r = self.handler(conn, self)
+            with self.lock:
+                self.results.append(r)
+        except Exception as e:  # recorded for the test to inspect
+            if not self.stopping.is_set():
+                with self.lock:
+                    self.errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def wait_results(self, n: int, timeout: float, allow_errors: bool = False) -> list[object]:
+        """Wait until n connections have finished; fail if a handler raised (unless allow_errors)."""
+        try:
+            wait_until(lambda: len(self.results) + len(self.errors) >= n, timeout,
+                       what=f"{n} finished connections on target {self.name}")
+        except AssertionError as e:
+            raise AssertionError(f"{e} (have {len(self.results)} results, {self.accepted} accepted, "
+                                 f"errors {self.errors[:3]})") from None
+        if not allow_errors:
+            assert not self.errors, f"target {self.name}: {len(self.errors)} handler errors: {self.errors[:5]}"
+        return list(self.results)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self.lock:
+            conns = list(self.conns)
+            threads = list(self.threads)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                c.close()
+            except OSError:
+                pass
+        self._acceptor.join(timeout=2)
+        for t in threads:
+            t.join(timeout=2)
+
+
+def echo_handler(conn: socket.socket, server: TargetServer) -> int:
+    """Echo everything; on EOF finish echoing, then send EOF. Returns bytes echoed."""
+    buf = bytearray(CHUNK)
+    mv = memoryview(buf)
+    total = 0
+    while True:
+        n = conn.recv_into(buf)
+        if n == 0:
+            break
+        conn.sendall(mv[:n])
+        total += n
+    conn.shutdown(socket.SHUT_WR)
+    return total
+
+
+def make_hash_sink_handler(pace: Callable[[float], float | None] | None = None,
+                           reply: bool = True) -> Callable[[socket.socket, TargetServer], tuple[int, str]]:
+    """Read until EOF and hash; then reply b"<count> <sha256hex>\\n" and close.
+
+    `pace(t)` (t = seconds since accept) may return a read rate in bytes/s to
+    throttle reading; None means full speed.
+    """
+
+    def handler(conn: socket.socket, server: TargetServer) -> tuple[int, str]:
+        h = hashlib.sha256()
+        buf = bytearray(1 * MiB)
+        mv = memoryview(buf)
+        total = 0
+        t0 = time.monotonic()
+        next_read = t0
+        while True:
+            rate = pace(time.monotonic() - t0) if pace is not None else None
+            if rate is None:
+                n = conn.recv_into(buf)
+            else:
+                # at most rate/16 bytes per read, reads spaced so the average rate holds
+                delay = next_read - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                step = max(1, int(rate / 16))
+                n = conn.recv_into(mv[:step])
+                next_read = max(next_read, time.monotonic() - 1.0) + n / rate
+            if n == 0:
+                break
+            h.update(mv[:n])
+            total += n
+            with server.lock:
+                server.bytes_in += n
+        result = (total, h.hexdigest())
+        if reply:
+            conn.sendall(f"{total} {result[1]}\n".encode())
+            conn.shutdown(socket.SHUT_WR)
+        return result
+
+    return handler
+
+
+def make_source_handler(blob: Blob, total: int, seed: int = 0) -> Callable[[socket.socket, TargetServer], tuple[int, str]]:
+    """Send `total` bytes of blob, then EOF; then drain the peer until EOF. Returns (count, sha)."""
+
+    def handler(conn: socket.socket, server: TargetServer) -> tuple[int, str]:
+        r = send_blob(conn, blob, total, seed)
+        try:
+            while conn.recv(64 * KiB):
+                pass
+        except OSError:
+            pass
+        return r
+
+    return handler
+
+
+def read_sink_reply(sock: socket.socket) -> tuple[int, str]:
+    line = recv_until_eof(sock, limit=4096).decode().strip()
+    count, sha = line.split()
+    return int(count), sha
+
+
+# ---------------------------------------------------------------------------
+# RSS sampling
+
+
+class RssSampler:
+    """Samples VmRSS (KiB) of some PIDs every `interval` s in a thread."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.5):
+        self.pids = dict(pids)
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, int | None]]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self.t0 = 0.0
+
+    def start(self) -> "RssSampler":
+        self.t0 = time.monotonic()
+        self._t.start()
+        return self
+
+    def _loop(self) -> None:
+        while True:
+            t = time.monotonic() - self.t0
+            self.samples.append((t, {k: read_rss_kib(p) for k, p in self.pids.items()}))
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=5)
+
+    def series(self, name: str, t_from: float = 0.0, t_to: float = float("inf")) -> list[tuple[float, int]]:
+        return [(t, d[name]) for t, d in self.samples if t_from <= t <= t_to and d.get(name) is not None]
+
+    def value_at(self, name: str, t: float) -> int:
+        """The first sample at or after t."""
+        for ts, v in self.series(name):
+            if ts >= t:
+                return v
+        raise AssertionError(f"no RSS sample of {name} at or after {t}s")
+
+    def table(self) -> str:
+        names = list(self.pids)
+        rows = ["t(s)   " + "  ".join(f"{n:>12}" for n in names) + "   (VmRSS KiB)"]
+        for t, d in self.samples:
+            rows.append(f"{t:6.1f} " + "  ".join(f"{(d.get(n) or 0):>12}" for n in names))
+        return "\n".join(rows)
+
+
+def join_all(threads: Iterable[threading.Thread], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
