@@ -10,7 +10,7 @@ final class MuxStream {
     var endpoint: (any Channel)?
 
     /// Bytes read from the endpoint, not yet framed.
-    var outbound = CircularBuffer<ByteBuffer>(initialCapacity: 4)
+    var outbound = CircularBuffer<ByteBuffer>(initialCapacity: 2)
     var outboundBytes = 0
     /// The endpoint reached end-of-file; FIN goes out after the last outbound byte.
     var outboundFinPending = false

@@ -74,6 +74,7 @@ struct ClientCommand: AsyncParsableCommand {
 
     func run() async throws {
         raiseFileDescriptorLimit()
+        tuneAllocator()
         let logger = logging.makeLogger(label: "adit.client")
         var config = AditClient.Configuration(url: try TunnelURL.parse(url), forwards: try forwards.map(ForwardSpec.parse))
         config.extraHeaders = try parsedHeaders()

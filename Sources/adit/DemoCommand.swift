@@ -24,6 +24,7 @@ struct DemoCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        tuneAllocator()
         var options = logging
         if options.logLevel == "info" { options.logLevel = "warning" }  // keep the demo's screen for the progress line
         let logger = options.makeLogger(label: "adit.demo")

@@ -62,6 +62,7 @@ struct ServerCommand: AsyncParsableCommand {
 
     func run() async throws {
         raiseFileDescriptorLimit()
+        tuneAllocator()
         let logger = logging.makeLogger(label: "adit.server")
         var config = AditServer.Configuration(listen: try HostPort.parse(listen, what: "--listen", allowZeroPort: true),
                                               policy: try TargetPolicy.parse(allow))

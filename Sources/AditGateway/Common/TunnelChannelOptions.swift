@@ -8,7 +8,8 @@ public struct TunnelChannelOptions: Sendable {
     public var tunnelReadBufferMax = 256 << 10
     public var tunnelWriteLowWater = 64 << 10
     public var tunnelWriteHighWater = 256 << 10
-    /// Stream endpoints (local apps, targets).
+    /// Stream endpoints (local apps, targets). Reads start small — NIO keeps each channel's last receive
+    /// buffer, so an idle stream would otherwise hold 16 KiB — and grow within two full reads.
     public var endpointReadBufferMax = 64 << 10
 
     public init() {}
@@ -18,7 +19,7 @@ public struct TunnelChannelOptions: Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 << 10,
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 512, initial: 2048,
                                                                                    maximum: endpointReadBufferMax))
     }
 
@@ -29,7 +30,7 @@ public struct TunnelChannelOptions: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.autoRead, value: false)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 << 10,
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 512, initial: 2048,
                                                                                         maximum: endpointReadBufferMax))
     }
 
