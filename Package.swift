@@ -22,10 +22,17 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
+        // The message type passed between the multiplexer and the transport, without copies.
+        .target(
+            name: "AditTransport",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
         // Wire format, stream state machine, flow control and the fair scheduler of the multiplexer.
         .target(
             name: "AditMux",
             dependencies: [
+                "AditTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -35,6 +42,7 @@ let package = Package(
         .target(
             name: "AditWebSocket",
             dependencies: [
+                "AditTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -70,6 +78,7 @@ let package = Package(
             name: "AditMuxTests",
             dependencies: [
                 "AditMux",
+                "AditTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
@@ -79,6 +88,7 @@ let package = Package(
             name: "AditWebSocketTests",
             dependencies: [
                 "AditWebSocket",
+                "AditTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True   # we import benchtool; keep bench/ free of __pycache__
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TOOL = os.path.join(HERE, "benchtool.py")
@@ -320,6 +321,7 @@ class Bench:
         self.notes = []
         self.commands = {}
         self.foreign = {}
+        self.failed = False
 
     def remaining(self):
         return self.cfg.max_secs - (time.monotonic() - self.started)
@@ -757,6 +759,7 @@ class Bench:
                     self.commands[LABEL[name]] = paths[name].commands
             except Exception as e:
                 log("path %s failed to start: %s" % (name, e))
+                self.failed = True
                 self.notes.append("%s: failed to start: %s" % (name, e))
         for suite in c.suites:
             if self.remaining() < 15:
@@ -1154,6 +1157,8 @@ def main(argv=None):
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+    if rc == 0 and bench.failed:
+        rc = 1   # a path did not start; targets never fail the run
     table, ttable, targets = build_report(bench, cfg)
     elapsed = time.monotonic() - bench.started
     doc = {

@@ -1,3 +1,4 @@
+import AditTransport
 import Logging
 import NIOCore
 
@@ -12,7 +13,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = Never
     public typealias OutboundIn = Never
-    public typealias OutboundOut = ByteBuffer
+    public typealias OutboundOut = TunnelMessage
 
     public let role: MuxRole
     public let configuration: MuxConfiguration
@@ -521,7 +522,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let context, !closed else { return }
         let limit = Int(peerHello?.maxMessageSize ?? 64 << 10)
         if let existing = controlMessage, existing.readableBytes + 512 > limit {
-            context.write(wrapOutboundOut(existing), promise: nil)
+            context.write(wrapOutboundOut(TunnelMessage(existing)), promise: nil)
             controlMessage = nil
         }
         if controlMessage == nil {
@@ -539,29 +540,38 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Writes pending control frames, then serves the streams round-robin while the tunnel is writable.
+    /// One DATA frame chosen by the scheduler, before its header is written.
+    private struct PlannedFrame {
+        var stream: StreamID
+        var payload: [ByteBuffer]
+        var length: Int
+        var fin: Bool
+    }
+
+    /// Writes pending control frames, then serves the streams round-robin while the tunnel is writable. DATA
+    /// payloads go down as slices of what was read from the local sockets; only the 9-byte headers are new.
     private func flushOutbound() {
         guard let context, !closed else { return }
         var wrote = false
         if let control = controlMessage {
             controlMessage = nil
-            context.write(wrapOutboundOut(control), promise: nil)
+            context.write(wrapOutboundOut(TunnelMessage(control)), promise: nil)
             wrote = true
         }
         if let peerHello, !scheduler.isEmpty, context.channel.isWritable {
             let messageLimit = min(configuration.sendMessageSize, Int(peerHello.maxMessageSize))
-            var message: ByteBuffer? = nil
+            var planned: [PlannedFrame] = []
+            var size = 0
             while let id = scheduler.next() {
                 guard let stream = streams[id], stream.hasSendableWork else { continue }
-                if message == nil {
-                    message = context.channel.allocator.buffer(capacity: messageLimit)
-                }
-                let space = messageLimit - message!.readableBytes - MuxFrame.headerSize
+                let space = messageLimit - size - MuxFrame.headerSize
                 let count = min(stream.outboundBytes, stream.state.sendWindow.available, configuration.quantum, space)
                 let fin = stream.outboundFinPending && count == stream.outboundBytes
                 if count > 0 || fin {
-                    MuxFrameCodec.writeDataHeader(streamID: id, length: count, fin: fin, into: &message!)
-                    stream.moveOutbound(count, into: &message!)
+                    var frame = PlannedFrame(stream: id, payload: [], length: count, fin: fin)
+                    stream.takeOutbound(count, into: &frame.payload)
+                    planned.append(frame)
+                    size += MuxFrame.headerSize + count
                     stream.state.sentData(length: count, fin: fin)
                     if fin {
                         stream.outboundFinPending = false
@@ -572,19 +582,36 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     if stream.hasSendableWork { scheduler.markReady(id) }
                     requestReadIfPossible(stream)
                 }
-                if message!.readableBytes + MuxFrame.headerSize + 512 >= messageLimit {
-                    context.write(wrapOutboundOut(message!), promise: nil)
-                    message = nil
+                if size + MuxFrame.headerSize + 512 >= messageLimit {
+                    writeDataMessage(planned, context: context)
+                    planned.removeAll(keepingCapacity: true)
+                    size = 0
                     wrote = true
                     if !context.channel.isWritable { break }
                 }
             }
-            if let message, message.readableBytes > 0 {
-                context.write(wrapOutboundOut(message), promise: nil)
+            if !planned.isEmpty {
+                writeDataMessage(planned, context: context)
                 wrote = true
             }
         }
         if wrote { context.flush() }
+    }
+
+    private func writeDataMessage(_ frames: [PlannedFrame], context: ChannelHandlerContext) {
+        // All headers go into one small buffer, written before any slice of it is taken (slicing first and
+        // writing after would copy it on every write).
+        var headers = context.channel.allocator.buffer(capacity: frames.count * MuxFrame.headerSize)
+        for frame in frames {
+            MuxFrameCodec.writeDataHeader(streamID: frame.stream, length: frame.length, fin: frame.fin, into: &headers)
+        }
+        var message = TunnelMessage()
+        for (index, frame) in frames.enumerated() {
+            message.append(headers.getSlice(at: headers.readerIndex + index * MuxFrame.headerSize,
+                                            length: MuxFrame.headerSize)!)
+            for part in frame.payload { message.append(part) }
+        }
+        context.write(wrapOutboundOut(message), promise: nil)
     }
 
     // MARK: Session end

@@ -42,21 +42,18 @@ final class MuxStream {
         return outboundFinPending
     }
 
-    /// Takes up to `count` bytes off the front of the outbound queue and appends them to `message`.
-    func moveOutbound(_ count: Int, into message: inout ByteBuffer) {
+    /// Takes `count` bytes off the front of the outbound queue as slices (no copy) and appends them to `parts`.
+    func takeOutbound(_ count: Int, into parts: inout [ByteBuffer]) {
         var remaining = count
         while remaining > 0 {
-            let take = min(remaining, outbound[outbound.startIndex].readableBytes)
-            if take == outbound[outbound.startIndex].readableBytes {
-                var whole = outbound.removeFirst()
-                message.writeBuffer(&whole)
+            let front = outbound[outbound.startIndex].readableBytes
+            if remaining >= front {
+                parts.append(outbound.removeFirst())
+                remaining -= front
             } else {
-                outbound.withMutableFront { front in
-                    var slice = front.readSlice(length: take)!
-                    message.writeBuffer(&slice)
-                }
+                outbound.withMutableFront { parts.append($0.readSlice(length: remaining)!) }
+                remaining = 0
             }
-            remaining -= take
         }
         outboundBytes -= count
     }

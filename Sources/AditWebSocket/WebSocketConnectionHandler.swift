@@ -1,3 +1,4 @@
+import AditTransport
 import Logging
 import NIOCore
 
@@ -7,7 +8,7 @@ import NIOCore
 public final class WebSocketConnectionHandler: ChannelDuplexHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
-    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundIn = TunnelMessage
     public typealias OutboundOut = ByteBuffer
 
     public struct Configuration: Sendable {
@@ -96,7 +97,7 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
             }
         case .ping:
             if closing.isOpen {
-                writeFrame(context: context, opcode: .pong, payload: frame.payload)
+                writeFrame(context: context, opcode: .pong, payload: TunnelMessage(frame.payload))
                 context.flush()
             }
         case .pong:
@@ -189,24 +190,42 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
         var payload = context.channel.allocator.buffer(capacity: 2 + min(reason.utf8.count, 123))
         payload.writeInteger(code.rawValue)
         payload.writeBytes(reason.utf8.prefix(123))
-        writeFrame(context: context, opcode: .close, payload: payload)
+        writeFrame(context: context, opcode: .close, payload: TunnelMessage(payload))
         context.flush()
     }
 
-    private func writeFrame(context: ChannelHandlerContext, opcode: WebSocketOpcode, payload: ByteBuffer,
+    private func writeFrame(context: ChannelHandlerContext, opcode: WebSocketOpcode, payload: TunnelMessage,
                             promise: EventLoopPromise<Void>? = nil) {
+        let length = payload.byteCount
         if isClient {
+            // Masking needs a copy anyway: header and masked payload go into one fresh buffer, in one pass.
             let key = UInt32.random(in: .min ... .max, using: &rng)
-            let frame = WebSocketFrame.encode(opcode: opcode, payload: payload, maskKey: key,
-                                              allocator: context.channel.allocator)
+            var frame = context.channel.allocator.buffer(capacity: WebSocketFrame.maxHeaderSize + length)
+            WebSocketFrame.writeHeader(fin: true, rsv: 0, opcode: opcode, length: length, maskKey: key, into: &frame)
+            frame.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { dst in
+                var offset = 0
+                for part in payload.parts {
+                    part.withUnsafeReadableBytes { src in
+                        WebSocketMasking.apply(key: WebSocketMasking.rotate(key, by: offset), source: src,
+                                               destination: UnsafeMutableRawBufferPointer(rebasing: dst[offset..<offset + src.count]))
+                    }
+                    offset += part.readableBytes
+                }
+                return length
+            }
             context.write(wrapOutboundOut(frame), promise: promise)
         } else {
-            // Unmasked: the header goes in its own small buffer so the payload is never copied (one writev).
+            // Unmasked: the header is its own small buffer and the parts follow as they are (one writev).
             var header = context.channel.allocator.buffer(capacity: WebSocketFrame.maxHeaderSize)
-            WebSocketFrame.writeHeader(fin: true, rsv: 0, opcode: opcode, length: payload.readableBytes,
-                                       maskKey: nil, into: &header)
+            WebSocketFrame.writeHeader(fin: true, rsv: 0, opcode: opcode, length: length, maskKey: nil, into: &header)
+            guard let last = payload.parts.indices.last else {
+                context.write(wrapOutboundOut(header), promise: promise)
+                return
+            }
             context.write(wrapOutboundOut(header), promise: nil)
-            context.write(wrapOutboundOut(payload), promise: promise)
+            for index in payload.parts.indices {
+                context.write(wrapOutboundOut(payload.parts[index]), promise: index == last ? promise : nil)
+            }
         }
     }
 }

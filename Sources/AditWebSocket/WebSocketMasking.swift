@@ -37,4 +37,11 @@ public enum WebSocketMasking {
             i += 1
         }
     }
+
+    /// The key to use for bytes that start `offset` bytes into a masked payload.
+    @inlinable
+    public static func rotate(_ key: UInt32, by offset: Int) -> UInt32 {
+        let phase = UInt32(offset & 3)
+        return phase == 0 ? key : (key << (8 * phase)) | (key >> (32 - 8 * phase))
+    }
 }

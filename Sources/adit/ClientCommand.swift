@@ -81,6 +81,7 @@ struct ClientCommand: AsyncParsableCommand {
         config.hostHeader = hostHeader
         config.origin = origin
         config.mux = tunnel.muxConfiguration
+        config.channelOptions.tunnelSocketBuffer = tunnel.tunnelSocketBuffer
         config.connectTimeout = .seconds(Int64(connectTimeout))
         try await runService(AditClient(configuration: config, logger: logger), logger: logger)
     }

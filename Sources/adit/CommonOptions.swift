@@ -59,7 +59,21 @@ struct TunnelOptions: ParsableArguments {
                                             valueName: "n"))
     var maxStreams: Int = 65_536
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Kernel socket buffer of the tunnel connection (SO_RCVBUF/SO_SNDBUF), or 'auto' for the kernel's autotuning. Bounds how long a small request can wait behind a bulk transfer on the shared connection; raise it (or use auto) for long, fast paths. Example: --tunnel-buffer 1M",
+        valueName: "size|auto"))
+    var tunnelBuffer: String = "auto"
+
+    var tunnelSocketBuffer: Int? {
+        tunnelBuffer.lowercased() == "auto" ? nil : parseSize(tunnelBuffer)
+    }
+
     func validate() throws {
+        if tunnelBuffer.lowercased() != "auto" {
+            guard let b = parseSize(tunnelBuffer), b >= 16 << 10, b <= 1 << 30 else {
+                throw ValidationError("--tunnel-buffer '\(tunnelBuffer)' must be 'auto' or a size between 16K and 1G, e.g. --tunnel-buffer 1M")
+            }
+        }
         guard let w = parseSize(window), w >= 64 << 10, w <= Int(Int32.max) else {
             throw ValidationError("--window '\(window)' must be a size between 64K and 2047M, e.g. --window 4M")
         }

@@ -68,6 +68,7 @@ struct ServerCommand: AsyncParsableCommand {
                                               policy: try TargetPolicy.parse(allow))
         config.path = path
         config.mux = tunnel.muxConfiguration
+        config.channelOptions.tunnelSocketBuffer = tunnel.tunnelSocketBuffer
         config.connectTimeout = .seconds(Int64(connectTimeout))
         config.drainTimeout = .seconds(Int64(drainTimeout))
         config.threads = threads

@@ -1,4 +1,5 @@
 import AditMux
+import AditTransport
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -71,7 +72,8 @@ struct MuxPair {
         for _ in 0..<maxRounds {
             loop.run()
             var progress = false
-            while let message = try client.readOutbound(as: ByteBuffer.self) {
+            while let parts = try client.readOutbound(as: TunnelMessage.self) {
+                let message = parts.joined()
                 var copy = message
                 while let frame = try MuxFrameCodec.decode(from: &copy) {
                     if case .data(let id, let payload, _) = frame { clientDataFrames.append((id, payload.readableBytes)) }
@@ -80,8 +82,8 @@ struct MuxPair {
                 progress = true
                 moved += 1
             }
-            while let message = try server.readOutbound(as: ByteBuffer.self) {
-                try client.writeInbound(message)
+            while let message = try server.readOutbound(as: TunnelMessage.self) {
+                try client.writeInbound(message.joined())
                 progress = true
                 moved += 1
             }
@@ -215,7 +217,8 @@ extension EmbeddedChannel {
         try pair.client.writeInbound(ByteBuffer(bytes: [0, 0, 9, 0, 0]))  // truncated frame
         pair.loop.run()
         var sawGoAway = false
-        while var message = try pair.client.readOutbound(as: ByteBuffer.self) {
+        while let parts = try pair.client.readOutbound(as: TunnelMessage.self) {
+            var message = parts.joined()
             while let frame = try? MuxFrameCodec.decode(from: &message) {
                 if case .goAway(_, .protocolError, _) = frame { sawGoAway = true }
             }

@@ -1,3 +1,4 @@
+import AditTransport
 import AditWebSocket
 import Logging
 import NIOCore
@@ -47,7 +48,11 @@ import Testing
 
     @Test func outgoingMessagesAreMaskedBinaryFrames() throws {
         let channel = try makeChannel(role: .client)
-        try channel.writeOutbound(ByteBuffer(string: "payload"))
+        var message = TunnelMessage()
+        message.append(ByteBuffer(string: "pay"))
+        message.append(ByteBuffer(string: "lo"))
+        message.append(ByteBuffer(string: "ad"))  // parts at odd offsets exercise the mask rotation
+        try channel.writeOutbound(message)
         var raw = ByteBuffer()
         while var b = try channel.readOutbound(as: ByteBuffer.self) { raw.writeBuffer(&b) }
         #expect(raw.getInteger(at: 1, as: UInt8.self)! & 0x80 != 0)  // mask bit set
@@ -60,7 +65,7 @@ import Testing
 
     @Test func serverFramesAreUnmasked() throws {
         let channel = try makeChannel(role: .server)
-        try channel.writeOutbound(ByteBuffer(string: "x"))
+        try channel.writeOutbound(TunnelMessage(ByteBuffer(string: "x")))
         var raw = ByteBuffer()
         while var b = try channel.readOutbound(as: ByteBuffer.self) { raw.writeBuffer(&b) }
         #expect(Array(raw.readableBytesView) == [0x82, 0x01, UInt8(ascii: "x")])

@@ -6,8 +6,13 @@ public struct TunnelChannelOptions: Sendable {
     /// Tunnel (WebSocket) connections: big reads, a small buffer above the socket so the fair scheduler keeps
     /// control of what goes out next.
     public var tunnelReadBufferMax = 256 << 10
+    /// Reads per readiness event: each is one tunnel message batch the loop handles before it serves other
+    /// sockets, so this bounds how long a bulk transfer keeps the loop from a small request.
+    public var tunnelReadsPerEvent: UInt = 4
     public var tunnelWriteLowWater = 64 << 10
     public var tunnelWriteHighWater = 256 << 10
+    /// SO_RCVBUF/SO_SNDBUF of the tunnel socket; nil leaves the kernel's autotuning in charge.
+    public var tunnelSocketBuffer: Int? = nil
     /// Stream endpoints (local apps, targets). Reads start small — NIO keeps each channel's last receive
     /// buffer, so an idle stream would otherwise hold 16 KiB — and grow within two full reads.
     public var endpointReadBufferMax = 64 << 10
@@ -35,20 +40,33 @@ public struct TunnelChannelOptions: Sendable {
     }
 
     func apply(toTunnel bootstrap: ClientBootstrap) -> ClientBootstrap {
-        bootstrap
+        var bootstrap = bootstrap
+        if let size = tunnelSocketBuffer {
+            bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(size))
+                .channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(size))
+        }
+        return bootstrap
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10,
                                                                                    maximum: tunnelReadBufferMax))
             .channelOption(.writeBufferWaterMark, value: .init(low: tunnelWriteLowWater, high: tunnelWriteHighWater))
+            .channelOption(.maxMessagesPerRead, value: tunnelReadsPerEvent)
     }
 
     func apply(toTunnelListener bootstrap: ServerBootstrap) -> ServerBootstrap {
-        bootstrap
+        var bootstrap = bootstrap
+        if let size = tunnelSocketBuffer {
+            // Set on the listener so accepted sockets inherit it before the handshake fixes the window scale.
+            bootstrap = bootstrap.serverChannelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(size))
+                .childChannelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(size))
+        }
+        return bootstrap
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 256)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10,
                                                                                         maximum: tunnelReadBufferMax))
             .childChannelOption(.writeBufferWaterMark, value: .init(low: tunnelWriteLowWater, high: tunnelWriteHighWater))
+            .childChannelOption(.maxMessagesPerRead, value: tunnelReadsPerEvent)
     }
 }
