@@ -11,7 +11,7 @@ public struct MuxConfiguration: Sendable {
     /// Most bytes one stream sends per scheduler turn.
     public var quantum: Int = 16 << 10
     /// Bytes read from a local connection and not yet framed, per stream, above which we stop reading it.
-    public var streamReadHighWater: Int = 64 << 10
+    public var streamReadHighWater: Int = 256 << 10
     /// Send a PING when the peer has been silent this long; give up after three silent intervals.
     public var keepaliveInterval: TimeAmount = .seconds(30)
     /// Streams open at once, each direction together; more are reset with "resource limit".

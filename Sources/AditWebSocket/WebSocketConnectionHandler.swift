@@ -29,7 +29,7 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private var fragmentOpcode: WebSocketOpcode?
     private var closeTimeout: Scheduled<Void>?
     private var pendingClosePromises: [EventLoopPromise<Void>] = []
-    private var rng = SystemRandomNumberGenerator()
+    private var maskKeys = MaskKeySource()
 
     public init(role: WebSocketFrameParser.Role, configuration: Configuration = .init(), logger: Logger) {
         self.isClient = role == .client
@@ -199,7 +199,7 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
         let length = payload.byteCount
         if isClient {
             // Masking needs a copy anyway: header and masked payload go into one fresh buffer, in one pass.
-            let key = UInt32.random(in: .min ... .max, using: &rng)
+            let key = maskKeys.key()
             var frame = context.channel.allocator.buffer(capacity: WebSocketFrame.maxHeaderSize + length)
             WebSocketFrame.writeHeader(fin: true, rsv: 0, opcode: opcode, length: length, maskKey: key, into: &frame)
             frame.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { dst in

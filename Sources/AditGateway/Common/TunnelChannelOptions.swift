@@ -14,8 +14,10 @@ public struct TunnelChannelOptions: Sendable {
     /// SO_RCVBUF/SO_SNDBUF of the tunnel socket; nil leaves the kernel's autotuning in charge.
     public var tunnelSocketBuffer: Int? = nil
     /// Stream endpoints (local apps, targets). Reads start small — NIO keeps each channel's last receive
-    /// buffer, so an idle stream would otherwise hold 16 KiB — and grow within two full reads.
-    public var endpointReadBufferMax = 64 << 10
+    /// buffer, so an idle stream would otherwise hold 16 KiB — and grow within two full reads to 256 KiB
+    /// (measured: ~15% more single-stream throughput than 64 KiB). The price: a stream that once ran at full
+    /// speed keeps its 256 KiB buffer while it stays open, since NIO's per-channel pool never shrinks it.
+    public var endpointReadBufferMax = 256 << 10
 
     public init() {}
 
