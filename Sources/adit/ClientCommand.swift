@@ -7,13 +7,11 @@ struct ClientCommand: AsyncParsableCommand {
         commandName: "client",
         abstract: "Forward local ports through one tunnel to an adit server.",
         discussion: """
-            Each -L binds a local port at once; every connection to it becomes one stream of the tunnel,
-            which the server connects to HOST:HOSTPORT (if its --allow rules permit). The client keeps
-            the tunnel up, reconnecting with backoff; connections made while it is down wait up to 15 s.
+            Each -L binds a local port at once; every connection to it becomes one stream of the tunnel, which the server connects to HOST:HOSTPORT (if its --allow rules permit). The client keeps the tunnel up, reconnecting with backoff; connections made while it is down wait up to 15 s.
 
             Examples:
               adit client ws://gateway.example.com:8080/ -L 2222:localhost:22
-              adit client ws://127.0.0.1:8080/tunnel -L 0.0.0.0:5432:db.internal:5432 -L 8443:intranet:443
+              adit client ws://127.0.0.1:8080/tunnel -L 0.0.0.0:5432:db.internal:5432
               adit client ws://[::1]:8080/ -L [::1]:8080:10.0.0.7:80 -H 'X-Team: ops'
             """)
 
@@ -31,14 +29,14 @@ struct ClientCommand: AsyncParsableCommand {
         valueName: "header"))
     var header: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Host header to send instead of the URL's host.", valueName: "host"))
+    @Option(name: .long, help: ArgumentHelp("Host header to send instead of the URL's host (for a server behind a virtual host). Example: --host-header tunnel.example.com", valueName: "host"))
     var hostHeader: String?
 
     @Option(name: .long, help: ArgumentHelp("Origin header to send. Example: --origin https://portal.example.com",
                                             valueName: "origin"))
     var origin: String?
 
-    @Option(name: .long, help: ArgumentHelp("Seconds to wait for the server's TCP connection and upgrade.", valueName: "seconds"))
+    @Option(name: .long, help: ArgumentHelp("Seconds to wait for the server's TCP connection and for the WebSocket upgrade. Example: --connect-timeout 20", valueName: "seconds"))
     var connectTimeout: Int = 10
 
     @OptionGroup var tunnel: TunnelOptions

@@ -12,7 +12,7 @@ import Darwin
 
 struct LoggingOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "Log detail: trace, debug, info, notice, warning, error. Debug shows every stream and tunnel round-trip times.",
+        "Log detail: trace, debug, info, notice, warning, error. Debug shows every stream and the tunnel's round-trip times. Example: --log-level debug",
         valueName: "level"))
     var logLevel: String = "info"
 
@@ -51,16 +51,16 @@ struct TunnelOptions: ParsableArguments {
     var window: String = "4M"
 
     @Option(name: .long, help: ArgumentHelp(
-        "Send a keepalive PING after this many seconds of silence; the tunnel is declared dead after three silent intervals.",
+        "Send a keepalive PING after this many seconds of silence; the tunnel is declared dead after three silent intervals. Example: --keepalive 10",
         valueName: "seconds"))
     var keepalive: Int = 30
 
-    @Option(name: .long, help: ArgumentHelp("Most streams one tunnel carries at once; more are refused with 'resource limit'.",
+    @Option(name: .long, help: ArgumentHelp("Most streams one tunnel carries at once; more are refused with 'resource limit'. Example: --max-streams 1000",
                                             valueName: "n"))
     var maxStreams: Int = 65_536
 
     @Option(name: .long, help: ArgumentHelp(
-        "Kernel socket buffer of the tunnel connection (SO_RCVBUF/SO_SNDBUF), or 'auto' for the kernel's autotuning. Bounds how long a small request can wait behind a bulk transfer on the shared connection; raise it (or use auto) for long, fast paths. Example: --tunnel-buffer 1M",
+        "Kernel socket buffer of the tunnel connection (SO_RCVBUF/SO_SNDBUF), or 'auto' for the kernel's autotuning. A fixed size caps what the kernel queues on the shared connection, and also the tunnel's throughput on long paths (at most size ÷ round-trip time). Example: --tunnel-buffer 1M",
         valueName: "size|auto"))
     var tunnelBuffer: String = "auto"
 

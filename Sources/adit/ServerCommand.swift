@@ -7,9 +7,7 @@ struct ServerCommand: AsyncParsableCommand {
         commandName: "server",
         abstract: "Accept tunnels over WebSocket and connect their streams to allowed targets.",
         discussion: """
-            Every target is denied unless an --allow pattern matches it; the policy is checked on every
-            stream. Plain HTTP requests get a short text answer; upgrades without the adit.v1 subprotocol
-            get HTTP 400.
+            Every target is denied unless an --allow pattern matches it; the policy is checked on every stream. Plain HTTP requests get a short text answer; upgrades without the adit.v1 subprotocol get HTTP 400.
 
             Examples:
               adit server --listen 0.0.0.0:8080 --allow 'localhost:22'
@@ -31,13 +29,13 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("URL path the WebSocket is served on. Example: --path /tunnel", valueName: "path"))
     var path: String = "/"
 
-    @Option(name: .long, help: ArgumentHelp("Seconds to wait for a target to accept a connection.", valueName: "seconds"))
+    @Option(name: .long, help: ArgumentHelp("Seconds to wait for a target to accept a connection; then the stream is reset with 'timed out'. Example: --connect-timeout 5", valueName: "seconds"))
     var connectTimeout: Int = 10
 
-    @Option(name: .long, help: ArgumentHelp("Seconds open streams may take to finish on shutdown.", valueName: "seconds"))
+    @Option(name: .long, help: ArgumentHelp("Seconds open streams may take to finish after SIGTERM/SIGINT before the tunnels are closed. Example: --drain-timeout 60", valueName: "seconds"))
     var drainTimeout: Int = 30
 
-    @Option(name: .long, help: ArgumentHelp("Event-loop threads (default: one per core).", valueName: "n"))
+    @Option(name: .long, help: ArgumentHelp("Event-loop threads; each tunnel and its streams stay on one. Defaults to the number of cores. Example: --threads 4", valueName: "n"))
     var threads: Int = System.coreCount
 
     @OptionGroup var tunnel: TunnelOptions
