@@ -36,6 +36,8 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var keepaliveTask: RepeatedTask?
     private var lastHeardFrom: NIODeadline = .now()
     private var pingsOutstanding = 0
+    /// Totals for metrics; read them on the event loop.
+    public private(set) var statistics = MuxStatistics()
     /// Round-trip time of the last PING, for logs and metrics.
     public private(set) var lastRoundTrip: TimeAmount?
 
@@ -97,6 +99,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         } else {
             waitingForHello.append(id)
         }
+        statistics.streamsOpened += 1
         logger.debug("opening stream", metadata: ["stream": "\(id)", "target": "\(target)"])
         return id
     }
@@ -234,6 +237,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch frame {
         case .data(let id, let payload, let fin):
+            statistics.bytesReceived += payload.readableBytes
             guard let stream = try existingStream(id) else { return }
             switch stream.state.receivedData(length: payload.readableBytes, fin: fin) {
             case .deliver(let fin):
@@ -336,6 +340,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             throw MuxProtocolError(.badStreamID, "peer reopened stream \(id) (highest so far \(highestRemoteStreamID))")
         }
         highestRemoteStreamID = id
+        statistics.streamsAccepted += 1
         let stream = MuxStream(
             id: id,
             state: .accepting(peerInitialWindow: peerHello!.initialWindow, localInitialWindow: configuration.initialWindow),
@@ -356,6 +361,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func receivedReset(_ stream: MuxStream, code: ResetCode, reason: String) {
         let wasOpening = stream.state.phase == .awaitingOpenOK
         stream.state.receivedReset()
+        statistics.resets[code, default: 0] += 1
         if wasOpening {
             // Opening failed: the user needs to know why their connection closed.
             let detail = reason.isEmpty ? code.summary : "\(code.summary) (\(reason))"
@@ -496,6 +502,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             enqueueControl(.reset(stream.id, code, reason: reason))
         }
         stream.state.sentReset()
+        statistics.resets[code, default: 0] += 1
         if code != .closed {
             logger.debug("stream reset", metadata: ["stream": "\(stream.id)", "code": "\(code)", "reason": "\(reason)"])
         }
@@ -571,6 +578,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     var frame = PlannedFrame(stream: id, payload: [], length: count, fin: fin)
                     stream.takeOutbound(count, into: &frame.payload)
                     planned.append(frame)
+                    statistics.bytesSent += count
                     size += MuxFrame.headerSize + count
                     stream.state.sentData(length: count, fin: fin)
                     if fin {

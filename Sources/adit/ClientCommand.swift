@@ -40,6 +40,7 @@ struct ClientCommand: AsyncParsableCommand {
     var connectTimeout: Int = 10
 
     @OptionGroup var tunnel: TunnelOptions
+    @OptionGroup var metricsOptions: MetricsOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -81,6 +82,9 @@ struct ClientCommand: AsyncParsableCommand {
         config.mux = tunnel.muxConfiguration
         config.channelOptions.tunnelSocketBuffer = tunnel.tunnelSocketBuffer
         config.connectTimeout = .seconds(Int64(connectTimeout))
-        try await runService(AditClient(configuration: config, logger: logger), logger: logger)
+        let exported = try metricsOptions.makeMetrics(logger: logger)
+        config.metrics = exported?.0
+        try await runService(AditClient(configuration: config, logger: logger), extra: exported.map { [$0.1] } ?? [],
+                             logger: logger)
     }
 }

@@ -143,10 +143,35 @@ func raiseFileDescriptorLimit() {
     _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
 }
 
-/// Runs a service until SIGTERM or SIGINT, turning failures into one line and exit code 1.
-func runService(_ service: some Service & Sendable, logger: Logger) async throws {
+struct MetricsOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "Serve Prometheus metrics (tunnels, streams, bytes, resets by reason) at http://HOST:PORT/metrics. Off by default. Example: --metrics 127.0.0.1:9100",
+        valueName: "host:port"))
+    var metrics: String?
+
+    func validate() throws {
+        if let metrics {
+            do { _ = try HostPort.parse(metrics, what: "--metrics", allowZeroPort: true) } catch {
+                throw ValidationError(error.message)
+            }
+        }
+    }
+
+    /// Bootstraps swift-metrics with a Prometheus registry when `--metrics` is given.
+    func makeMetrics(logger: Logger) throws -> (TunnelMetrics, MetricsEndpoint)? {
+        guard let metrics else { return nil }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let endpoint = MetricsEndpoint(address: try HostPort.parse(metrics, what: "--metrics", allowZeroPort: true),
+                                       registry: registry, logger: logger)
+        return (TunnelMetrics(), endpoint)
+    }
+}
+
+/// Runs services until SIGTERM or SIGINT, turning failures into one line and exit code 1.
+func runService(_ service: some Service & Sendable, extra: [any Service] = [], logger: Logger) async throws {
     let group = ServiceGroup(configuration: .init(
-        services: [.init(service: service)],
+        services: [.init(service: service)] + extra.map { .init(service: $0) },
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: Logger(label: "adit.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })))
     do {
@@ -160,4 +185,6 @@ func runService(_ service: some Service & Sendable, logger: Logger) async throws
     }
 }
 
+import Metrics
+import Prometheus
 import ServiceLifecycle

@@ -39,6 +39,7 @@ struct ServerCommand: AsyncParsableCommand {
     var threads: Int = System.coreCount
 
     @OptionGroup var tunnel: TunnelOptions
+    @OptionGroup var metricsOptions: MetricsOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -70,6 +71,9 @@ struct ServerCommand: AsyncParsableCommand {
         config.connectTimeout = .seconds(Int64(connectTimeout))
         config.drainTimeout = .seconds(Int64(drainTimeout))
         config.threads = threads
-        try await runService(AditServer(configuration: config, logger: logger), logger: logger)
+        let exported = try metricsOptions.makeMetrics(logger: logger)
+        config.metrics = exported?.0
+        try await runService(AditServer(configuration: config, logger: logger), extra: exported.map { [$0.1] } ?? [],
+                             logger: logger)
     }
 }

@@ -20,6 +20,8 @@ public final class AditClient: Service, @unchecked Sendable {
         public var reconnectMinimum: TimeAmount = .milliseconds(500)
         public var reconnectMaximum: TimeAmount = .seconds(15)
         public var drainTimeout: TimeAmount = .seconds(30)
+        /// Where session totals go; nil exports nothing.
+        public var metrics: TunnelMetrics?
 
         public init(url: TunnelURL, forwards: [ForwardSpec]) {
             self.url = url

@@ -27,6 +27,7 @@ final class TunnelManager: MuxSessionDelegate {
     private var retryTask: Scheduled<Void>?
     private var sessions: [ObjectIdentifier: MuxHandler] = [:]
     private var failuresInARow = 0
+    private var exporters: [ObjectIdentifier: SessionMetricsExporter] = [:]
 
     init(configuration: AditClient.Configuration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -118,6 +119,10 @@ final class TunnelManager: MuxSessionDelegate {
                         let mux = MuxHandler(role: .client, configuration: config.mux, logger: logger,
                                              delegate: bound.value)
                         bound.value.sessions[ObjectIdentifier(mux)] = mux
+                        if let metrics = config.metrics {
+                            bound.value.exporters[ObjectIdentifier(mux)] =
+                                SessionMetricsExporter(metrics: metrics, session: mux, eventLoop: channel.eventLoop)
+                        }
                         let sync = channel.pipeline.syncOperations
                         try sync.addHandler(WebSocketConnectionHandler(role: .client, configuration: wsConfig, logger: logger))
                         try sync.addHandler(mux)
@@ -194,6 +199,7 @@ final class TunnelManager: MuxSessionDelegate {
 
     func muxSessionDidClose(_ session: MuxHandler, error: (any Error)?) {
         sessions.removeValue(forKey: ObjectIdentifier(session))
+        exporters.removeValue(forKey: ObjectIdentifier(session))?.close()
         let wasCurrent = self.session === session
         if wasCurrent { self.session = nil }
         if connecting && !wasCurrent { connecting = false }  // closed before it became ready

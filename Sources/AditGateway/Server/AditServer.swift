@@ -19,6 +19,8 @@ public final class AditServer: Service, @unchecked Sendable {
         /// On shutdown, how long streams may take to finish after GOAWAY.
         public var drainTimeout: TimeAmount = .seconds(30)
         public var threads = System.coreCount
+        /// Where session totals go; nil exports nothing.
+        public var metrics: TunnelMetrics?
 
         public init(listen: HostPort, policy: TargetPolicy) {
             self.listen = listen
@@ -86,9 +88,9 @@ public final class AditServer: Service, @unchecked Sendable {
         let address = channel.localAddress!
         boundAddress.withLockedValue { $0 = address }
         started.succeed(address)
-        logger.notice("listening on \(HostPort(host: address.ipAddress ?? config.listen.host, port: address.port ?? 0))\(config.path == "/" ? "" : " path \(config.path)")",
-                      metadata: ["allow": "\(config.policy)"])
-        logger.notice("targets allowed: \(config.policy.patterns.isEmpty ? "none" : config.policy.description)")
+        let shown = HostPort(host: address.ipAddress ?? config.listen.host, port: address.port ?? 0)
+        let path = config.path == "/" ? "" : " path \(config.path)"
+        logger.notice("listening on \(shown)\(path); targets allowed: \(config.policy.patterns.isEmpty ? "none" : config.policy.description)")
     }
 
     private func initializeTunnel(_ channel: any Channel, connector: TargetConnector, logger: Logger) throws {
@@ -104,12 +106,17 @@ public final class AditServer: Service, @unchecked Sendable {
             guard let self else { throw ChannelError.ioOnClosedChannel }
             var wsConfig = WebSocketConnectionHandler.Configuration()
             wsConfig.maxMessageSize = Int(mux.maxReceiveMessageSize)
+            let metrics = self.configuration.metrics
+            var exporter: SessionMetricsExporter? = nil
             let session = ServerSession(connector: connector, logger: sessionLogger) { [weak self] handler in
+                exporter?.close()
+                exporter = nil
                 guard let self else { return }
                 _ = self.sessions.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(handler)) }
             }
             let handler = MuxHandler(role: .server, configuration: mux, logger: sessionLogger)
             session.attach(handler)
+            if let metrics { exporter = SessionMetricsExporter(metrics: metrics, session: handler, eventLoop: channel.eventLoop) }
             let sync = channel.pipeline.syncOperations
             try sync.addHandler(WebSocketConnectionHandler(role: .server, configuration: wsConfig, logger: sessionLogger))
             try sync.addHandler(handler)
