@@ -35,7 +35,6 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var keepaliveTask: RepeatedTask?
     private var lastHeardFrom: NIODeadline = .now()
-    private var pingsOutstanding = 0
     /// Totals for metrics; read them on the event loop.
     public private(set) var statistics = MuxStatistics()
     /// Round-trip time of the last PING, for logs and metrics.
@@ -144,10 +143,8 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Sends a PING now; the round trip is logged at debug level when the PONG arrives.
     public func ping() {
-        guard peerHello != nil, !closed, let context else { return }
-        pingsOutstanding += 1
+        guard peerHello != nil, !closed, context != nil else { return }
         enqueueControl(.ping(UInt64(NIODeadline.now().uptimeNanoseconds)))
-        _ = context
         scheduleFlush()
     }
 
@@ -167,7 +164,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func start(context: ChannelHandlerContext) {
         guard !started else { return }
         started = true
-        lastHeardFrom = .now()
+        lastHeardFrom = context.eventLoop.now
         enqueueControl(.hello(MuxHello(initialWindow: configuration.initialWindow,
                                        maxMessageSize: configuration.maxReceiveMessageSize)))
         flushOutbound()
@@ -201,8 +198,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var message = unwrapInboundIn(data)
-        lastHeardFrom = .now()
-        pingsOutstanding = 0
+        lastHeardFrom = context.eventLoop.now
         do {
             while let frame = try MuxFrameCodec.decode(from: &message) {
                 try handle(frame)
@@ -626,12 +622,13 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func keepaliveTick() {
         guard !closed, let context else { return }
-        let silence = NIODeadline.now() - lastHeardFrom
+        let silence = context.eventLoop.now - lastHeardFrom
         if silence >= configuration.keepaliveInterval * 3 {
             logger.warning("tunnel peer silent for \(silence.nanoseconds / 1_000_000_000) s; closing the tunnel")
             teardown(error: MuxSessionError.keepaliveTimeout)
             context.close(promise: nil)
-        } else if silence >= configuration.keepaliveInterval || pingsOutstanding == 0 {
+        } else {
+            // Every interval, silent or not: keeps NAT and proxy state alive and measures the round trip.
             ping()
         }
     }

@@ -258,4 +258,25 @@ extension EmbeddedChannel {
         try pair.pump()
         #expect(pair.serverMux.isClosed)
     }
+
+    @Test func keepalivePingsAndASilentPeerEndsTheSession() throws {
+        var config = MuxConfiguration()
+        config.keepaliveInterval = .seconds(1)
+        let pair = try MuxPair(configuration: config)
+        // One interval: a PING goes out.
+        pair.loop.advanceTime(by: .seconds(1))
+        var pings = 0
+        while let parts = try pair.client.readOutbound(as: TunnelMessage.self) {
+            var message = parts.joined()
+            while let frame = try MuxFrameCodec.decode(from: &message) {
+                if case .ping = frame { pings += 1 }
+            }
+        }
+        #expect(pings == 1)
+        #expect(!pair.clientMux.isClosed)
+        // The peer stays silent (nothing is pumped back): after three intervals the session is dead.
+        pair.loop.advanceTime(by: .seconds(3))
+        #expect(pair.clientMux.isClosed)
+        #expect(pair.clientDelegate.closed)
+    }
 }
