@@ -568,7 +568,9 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             while let id = scheduler.next() {
                 guard let stream = streams[id], stream.hasSendableWork else { continue }
                 let space = messageLimit - size - MuxFrame.headerSize
-                let count = min(stream.outboundBytes, stream.state.sendWindow.available, configuration.quantum, space)
+                // The quantum only matters when another stream is waiting; alone, a stream fills the message.
+                let quantum = scheduler.isEmpty ? space : configuration.quantum
+                let count = min(stream.outboundBytes, stream.state.sendWindow.available, quantum, space)
                 let fin = stream.outboundFinPending && count == stream.outboundBytes
                 if count > 0 || fin {
                     var frame = PlannedFrame(stream: id, payload: [], length: count, fin: fin)

@@ -76,7 +76,12 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
                 }
                 return
             }
-            let text = body.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
+            // A line of a plain-text answer says why; HTML is noise in a log line.
+            let isText = head.headers["Content-Type"].first?.lowercased().hasPrefix("text/plain") ?? false
+            var text = isText ? (body.split(whereSeparator: \.isNewline).first.map(String.init) ?? "") : ""
+            if (300..<400).contains(head.status.code), let location = head.headers["Location"].first {
+                text = "Location: \(location)"
+            }
             fail(.unexpectedStatus(head.status.code, head.status.reasonPhrase, body: text), context: context)
         }
     }

@@ -10,9 +10,16 @@ public enum WebSocketUpgradeError: Error, Sendable, Equatable, CustomStringConve
         switch self {
         case .unexpectedStatus(let code, let phrase, let body):
             let detail = body.isEmpty ? "" : ": \(body)"
-            var hint = ""
-            if code == 404 { hint = " (check the path in the URL)" }
-            if code == 400 || code == 426 { hint = " (is it an Adit server of the same version?)" }
+            let hint: String
+            switch code {
+            case 200..<300: hint = " (a plain web server answered: check the host, port and path of the URL)"
+            case 300..<400: hint = " (a redirect: adit does not follow it; use the address it points to)"
+            case 400, 426: hint = " (is it an Adit server of the same version?)"
+            case 401, 403, 407: hint = " (the server or a proxy in front of it wants credentials: see -H)"
+            case 404: hint = " (check the path in the URL)"
+            case 500..<600: hint = " (the server, or a reverse proxy in front of it, failed)"
+            default: hint = ""
+            }
             return "the server answered the WebSocket upgrade with HTTP \(code) \(phrase)\(detail)\(hint)"
         case .invalidResponse(let what):
             return "the WebSocket upgrade answer is invalid: \(what)"

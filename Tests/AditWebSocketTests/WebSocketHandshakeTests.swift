@@ -86,4 +86,13 @@ import Testing
         #expect(head.headers["X-Team"] == ["ops"])
         #expect(head.headers["Sec-WebSocket-Protocol"] == ["adit.v1"])
     }
+
+    @Test func upgradeFailuresSayWhatToCheck() {
+        #expect(WebSocketUpgradeError.unexpectedStatus(200, "OK", body: "").description.contains("plain web server"))
+        #expect(WebSocketUpgradeError.unexpectedStatus(302, "Found", body: "Location: https://x/").description
+            .contains("Location: https://x/"))
+        #expect(WebSocketUpgradeError.unexpectedStatus(404, "Not Found", body: "").description.contains("path"))
+        #expect(WebSocketUpgradeError.unexpectedStatus(403, "Forbidden", body: "").description.contains("credentials"))
+        #expect(WebSocketUpgradeError.unexpectedStatus(502, "Bad Gateway", body: "").description.contains("reverse proxy"))
+    }
 }
