@@ -95,7 +95,9 @@ public final class AditServer: Service, @unchecked Sendable {
 
     private func initializeTunnel(_ channel: any Channel, connector: TargetConnector, logger: Logger) throws {
         var logger = logger
-        logger[metadataKey: "peer"] = "\(channel.remoteAddress.map { "\($0)" } ?? "?")"
+        if let remote = channel.remoteAddress, let ip = remote.ipAddress {
+            logger[metadataKey: "peer"] = "\(HostPort(host: ip, port: remote.port ?? 0))"
+        }
         let mux = configuration.mux
         let sessionLogger = logger
         let pipeline = channel.pipeline.syncOperations
@@ -121,7 +123,11 @@ public final class AditServer: Service, @unchecked Sendable {
             try sync.addHandler(WebSocketConnectionHandler(role: .server, configuration: wsConfig, logger: sessionLogger))
             try sync.addHandler(handler)
             self.sessions.withLockedValue { $0[ObjectIdentifier(handler)] = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
-            sessionLogger.info("tunnel opened", metadata: ["user_agent": "\(head.headers["User-Agent"].first ?? "")"])
+            if let agent = head.headers["User-Agent"].first {
+                sessionLogger.info("tunnel opened", metadata: ["user_agent": "\(agent)"])
+            } else {
+                sessionLogger.info("tunnel opened")
+            }
         })
     }
 
