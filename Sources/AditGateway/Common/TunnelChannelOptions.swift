@@ -6,9 +6,12 @@ public struct TunnelChannelOptions: Sendable {
     /// Tunnel (WebSocket) connections: big reads, a small buffer above the socket so the fair scheduler keeps
     /// control of what goes out next.
     public var tunnelReadBufferMax = 256 << 10
-    /// Reads per readiness event: each is one tunnel message batch the loop handles before it serves other
-    /// sockets, so this bounds how long a bulk transfer keeps the loop from a small request.
-    public var tunnelReadsPerEvent: UInt = 4
+    /// Reads per readiness event, on tunnel and endpoint sockets alike: everything read in one event is
+    /// processed before the loop serves any other socket, so this bounds how long a bulk transfer keeps the
+    /// loop from a small request. Measured: with NIO's default of 4 (up to 1 MiB per event), the reply leg of
+    /// a ping-pong beside a bulk stream took p50 0.8 ms / p99 2.6 ms inside adit; with 1, 0.3 / 0.9 ms, at the
+    /// same throughput.
+    public var readsPerEvent: UInt = 1
     public var tunnelWriteLowWater = 64 << 10
     public var tunnelWriteHighWater = 256 << 10
     /// SO_RCVBUF/SO_SNDBUF of the tunnel socket; nil leaves the kernel's autotuning in charge.
@@ -26,6 +29,7 @@ public struct TunnelChannelOptions: Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.maxMessagesPerRead, value: readsPerEvent)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 512, initial: 2048,
                                                                                    maximum: endpointReadBufferMax))
     }
@@ -37,6 +41,7 @@ public struct TunnelChannelOptions: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.autoRead, value: false)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.maxMessagesPerRead, value: readsPerEvent)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 512, initial: 2048,
                                                                                         maximum: endpointReadBufferMax))
     }
@@ -52,7 +57,7 @@ public struct TunnelChannelOptions: Sendable {
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10,
                                                                                    maximum: tunnelReadBufferMax))
             .channelOption(.writeBufferWaterMark, value: .init(low: tunnelWriteLowWater, high: tunnelWriteHighWater))
-            .channelOption(.maxMessagesPerRead, value: tunnelReadsPerEvent)
+            .channelOption(.maxMessagesPerRead, value: readsPerEvent)
     }
 
     func apply(toTunnelListener bootstrap: ServerBootstrap) -> ServerBootstrap {
@@ -69,6 +74,6 @@ public struct TunnelChannelOptions: Sendable {
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10,
                                                                                         maximum: tunnelReadBufferMax))
             .childChannelOption(.writeBufferWaterMark, value: .init(low: tunnelWriteLowWater, high: tunnelWriteHighWater))
-            .childChannelOption(.maxMessagesPerRead, value: tunnelReadsPerEvent)
+            .childChannelOption(.maxMessagesPerRead, value: readsPerEvent)
     }
 }
