@@ -1,0 +1,27 @@
+"""--path: the server serves the tunnel on a path; a client with the wrong path is told to check it."""
+
+import socket
+
+import pytest
+
+import e2e_helpers as H
+
+
+@pytest.mark.deadline(45)
+def test_tunnel_on_a_path_and_wrong_path_is_reported(adit, targets):
+    echo = targets.echo()
+    server = adit.server([f"127.0.0.1:{echo.port}"], extra=["--path", "/tunnel"])
+    good, bad = H.free_port(), H.free_port()
+    adit.client(f"{server.url}/tunnel", [(good, "127.0.0.1", echo.port)],
+                extra=["-H", "X-Team: ops", "--origin", "https://portal.example"])
+    wrong = adit.client(f"{server.url}/other", [(bad, "127.0.0.1", echo.port)])
+    H.wait_tunnel_ready(good, timeout=15)
+    with H.connect_local(good) as s:
+        s.settimeout(10)
+        s.sendall(b"through /tunnel")
+        assert H.recv_exactly(s, 15) == b"through /tunnel"
+        s.shutdown(socket.SHUT_WR)
+        assert H.recv_until_eof(s) == b""
+    H.wait_until(lambda: "check the path" in wrong.log_text(), 10, what="the wrong-path client to say why")
+    assert "404" in wrong.log_text()
+    assert wrong.alive()   # it keeps retrying instead of dying
