@@ -546,9 +546,10 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// One DATA frame chosen by the scheduler, before its header is written.
     private struct PlannedFrame {
         var stream: StreamID
-        var payload: [ByteBuffer]
         var length: Int
         var fin: Bool
+        /// This frame's payload slices within the message's shared `payloads` list (no array per frame).
+        var payloads: Range<Int>
     }
 
     /// Writes pending control frames, then serves the streams round-robin while the tunnel is writable. DATA
@@ -564,6 +565,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let peerHello, !scheduler.isEmpty, context.channel.isWritable {
             let messageLimit = min(configuration.sendMessageSize, Int(peerHello.maxMessageSize))
             var planned: [PlannedFrame] = []
+            var payloads: [ByteBuffer] = []
             var size = 0
             while let id = scheduler.next() {
                 guard let stream = streams[id], stream.hasSendableWork else { continue }
@@ -573,9 +575,9 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 let count = min(stream.outboundBytes, stream.state.sendWindow.available, quantum, space)
                 let fin = stream.outboundFinPending && count == stream.outboundBytes
                 if count > 0 || fin {
-                    var frame = PlannedFrame(stream: id, payload: [], length: count, fin: fin)
-                    stream.takeOutbound(count, into: &frame.payload)
-                    planned.append(frame)
+                    let first = payloads.count
+                    stream.takeOutbound(count, into: &payloads)
+                    planned.append(PlannedFrame(stream: id, length: count, fin: fin, payloads: first..<payloads.count))
                     statistics.bytesSent += count
                     size += MuxFrame.headerSize + count
                     stream.state.sentData(length: count, fin: fin)
@@ -589,22 +591,23 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     requestReadIfPossible(stream)
                 }
                 if size + MuxFrame.headerSize + 512 >= messageLimit {
-                    writeDataMessage(planned, context: context)
+                    writeDataMessage(planned, payloads: payloads, context: context)
                     planned.removeAll(keepingCapacity: true)
+                    payloads.removeAll(keepingCapacity: true)
                     size = 0
                     wrote = true
                     if !context.channel.isWritable { break }
                 }
             }
             if !planned.isEmpty {
-                writeDataMessage(planned, context: context)
+                writeDataMessage(planned, payloads: payloads, context: context)
                 wrote = true
             }
         }
         if wrote { context.flush() }
     }
 
-    private func writeDataMessage(_ frames: [PlannedFrame], context: ChannelHandlerContext) {
+    private func writeDataMessage(_ frames: [PlannedFrame], payloads: [ByteBuffer], context: ChannelHandlerContext) {
         // All headers go into one small buffer, written before any slice of it is taken (slicing first and
         // writing after would copy it on every write).
         var headers = context.channel.allocator.buffer(capacity: frames.count * MuxFrame.headerSize)
@@ -615,7 +618,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         for (index, frame) in frames.enumerated() {
             message.append(headers.getSlice(at: headers.readerIndex + index * MuxFrame.headerSize,
                                             length: MuxFrame.headerSize)!)
-            for part in frame.payload { message.append(part) }
+            for part in payloads[frame.payloads] { message.append(part) }
         }
         context.write(wrapOutboundOut(message), promise: nil)
     }

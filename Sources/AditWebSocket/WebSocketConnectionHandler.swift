@@ -38,9 +38,6 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
         self.logger = logger
     }
 
-    /// The close code the peer sent, once it sent one.
-    public var peerCloseCode: WebSocketCloseCode? { closing.peerCode }
-
     // MARK: Inbound
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {

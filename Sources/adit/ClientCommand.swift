@@ -1,5 +1,6 @@
 import AditGateway
 import ArgumentParser
+import Foundation
 import NIOCore
 
 struct ClientCommand: AsyncParsableCommand {

@@ -1,6 +1,7 @@
 import AditGateway
 import AditMux
 import ArgumentParser
+import Foundation
 import Logging
 import NIOCore
 
@@ -104,19 +105,6 @@ func parseSize(_ text: String) -> Int? {
         return Int(t.dropLast(3)).map { $0 * m }
     }
     return Int(t)
-}
-
-extension String {
-    func trimmingCharacters(in set: Set<Character>) -> String {
-        var s = Substring(self)
-        while let f = s.first, set.contains(f) { s = s.dropFirst() }
-        while let l = s.last, set.contains(l) { s = s.dropLast() }
-        return String(s)
-    }
-}
-
-extension Set where Element == Character {
-    static let whitespaces: Set<Character> = [" ", "\t"]
 }
 
 /// Relay buffers of 64–256 KiB sit above glibc's default mmap threshold: each one would be mmapped and

@@ -5,6 +5,10 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Keeps one tunnel to the server up (dialling again with backoff when it drops) and hands it the local
 /// connections. Confined to the client's event loop, like the tunnel and every local connection.
 final class TunnelManager: MuxSessionDelegate {
@@ -249,9 +253,9 @@ func describeConnectError(_ error: any Error, url: TunnelURL) -> String {
     }
     if let io = error as? IOError {
         switch io.errnoCode {
-        case 111: return "connection refused (is adit server running on \(url.host):\(url.port)?)"
-        case 101, 113: return "network unreachable"
-        case 110: return "connection timed out"
+        case ECONNREFUSED: return "connection refused (is adit server running on \(url.host):\(url.port)?)"
+        case ENETUNREACH, EHOSTUNREACH: return "network unreachable"
+        case ETIMEDOUT: return "connection timed out"
         default: return "\(io)"
         }
     }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -6,11 +9,6 @@ import NIOCore
 final class DemoLoadHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
-
-    struct Progress {
-        var sent = 0
-        var received = 0
-    }
 
     private let pattern: ByteBuffer
     private let total: Int
@@ -61,7 +59,7 @@ final class DemoLoadHandler: ChannelInboundHandler {
             let n = min(count - checked, pattern.readableBytes - offset)
             let matches = buffer.withUnsafeReadableBytes { got in
                 pattern.withUnsafeReadableBytes { want in
-                    memcmpEqual(got.baseAddress! + checked, want.baseAddress! + offset, n)
+                    memcmp(got.baseAddress! + checked, want.baseAddress! + offset, n) == 0
                 }
             }
             guard matches else {
@@ -115,20 +113,4 @@ enum DemoError: Error, CustomStringConvertible {
         case .short(let r, let e): return "the echo ended after \(r) of \(e) bytes"
         }
     }
-}
-
-@inline(__always)
-func memcmpEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ n: Int) -> Bool {
-    var i = 0
-    while i + 8 <= n {
-        if a.loadUnaligned(fromByteOffset: i, as: UInt64.self) != b.loadUnaligned(fromByteOffset: i, as: UInt64.self) {
-            return false
-        }
-        i += 8
-    }
-    while i < n {
-        if a.load(fromByteOffset: i, as: UInt8.self) != b.load(fromByteOffset: i, as: UInt8.self) { return false }
-        i += 1
-    }
-    return true
 }

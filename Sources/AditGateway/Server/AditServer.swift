@@ -7,6 +7,10 @@ import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `adit server`: accepts tunnels over WebSocket and splices their streams to the targets the policy allows.
 public final class AditServer: Service, @unchecked Sendable {
     public struct Configuration: Sendable {
@@ -161,9 +165,9 @@ public final class AditServer: Service, @unchecked Sendable {
 func describeBindError(_ error: any Error) -> String {
     if let io = error as? IOError {
         switch io.errnoCode {
-        case 98: return "the address is already in use (another process listens there)"
-        case 99: return "the address is not available on this machine"
-        case 13: return "permission denied (ports below 1024 need privileges)"
+        case EADDRINUSE: return "the address is already in use (another process listens there)"
+        case EADDRNOTAVAIL: return "the address is not available on this machine"
+        case EACCES: return "permission denied (ports below 1024 need privileges)"
         default: return "\(io)"
         }
     }
