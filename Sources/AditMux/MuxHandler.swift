@@ -567,6 +567,10 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             var planned: [PlannedFrame] = []
             var payloads: [ByteBuffer] = []
             var size = 0
+            // Streams whose FIN is in this batch end only after it is written: ending the last stream of a
+            // draining tunnel closes the tunnel, and that must not happen with the frame still in `planned`.
+            var finished: [MuxStream] = []
+            defer { for stream in finished { finishIfDone(stream) } }
             while let id = scheduler.next() {
                 guard let stream = streams[id], stream.hasSendableWork else { continue }
                 let space = messageLimit - size - MuxFrame.headerSize
@@ -583,7 +587,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     stream.state.sentData(length: count, fin: fin)
                     if fin {
                         stream.outboundFinPending = false
-                        finishIfDone(stream)
+                        finished.append(stream)
                     }
                 }
                 if streams[id] === stream {

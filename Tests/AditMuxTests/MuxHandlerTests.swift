@@ -20,6 +20,25 @@ final class HalfCloseRecorder: ChannelOutboundHandler {
     }
 }
 
+/// Fails writes that come after a close, as a real socket does (EmbeddedChannel would keep them).
+final class RealisticCloseHandler: ChannelOutboundHandler {
+    typealias OutboundIn = Any
+    private var closed = false
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if closed {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        } else {
+            context.write(data, promise: promise)
+        }
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .all { closed = true }
+        context.close(mode: mode, promise: promise)
+    }
+}
+
 final class AcceptingDelegate: MuxSessionDelegate {
     var ready = false
     var opens: [(StreamID, MuxTarget)] = []
@@ -51,8 +70,8 @@ struct MuxPair {
         let logger = Logger(label: "test")
         clientMux = MuxHandler(role: .client, configuration: configuration, logger: logger, delegate: clientDelegate)
         serverMux = MuxHandler(role: .server, configuration: configuration, logger: logger, delegate: serverDelegate)
-        client = EmbeddedChannel(handler: clientMux, loop: loop)
-        server = EmbeddedChannel(handler: serverMux, loop: loop)
+        client = EmbeddedChannel(handlers: [RealisticCloseHandler(), clientMux], loop: loop)
+        server = EmbeddedChannel(handlers: [RealisticCloseHandler(), serverMux], loop: loop)
         try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
         try pump()
@@ -257,6 +276,29 @@ extension EmbeddedChannel {
         try a.close().wait()
         try pair.pump()
         #expect(pair.serverMux.isClosed)
+    }
+
+    /// The last stream of a draining tunnel ends with its answer and FIN in one frame: that frame must reach
+    /// the peer before the tunnel closes (it was once dropped, because the close ran inside the flush).
+    @Test func theLastFrameOfADrainingTunnelIsSentBeforeItCloses() throws {
+        var pair = try MuxPair()
+        let (a, recorderA) = try pair.endpoint()
+        let (b, recorderB) = try pair.endpoint()
+        pair.serverDelegate.decision = { session, id, _ in session.accept(id, endpoint: b) }
+        _ = try pair.clientMux.openStream(to: target, endpoint: a)
+        try a.writeInbound(ByteBuffer(string: "request"))
+        a.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        try pair.pump()
+        pair.serverMux.beginDrain(reason: "test")
+        try pair.pump()
+        #expect(recorderB.outputClosed)
+        #expect(!pair.serverMux.isClosed)
+        try b.writeInbound(ByteBuffer(string: "final answer"))   // answer and EOF in the same turn
+        b.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        try pair.pump()
+        #expect(pair.serverMux.isClosed)
+        #expect(String(decoding: try a.drainOutboundBytes(), as: UTF8.self) == "final answer")
+        #expect(recorderA.outputClosed)
     }
 
     @Test func keepalivePingsAndASilentPeerEndsTheSession() throws {
