@@ -40,11 +40,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // RFC 6455 frame codec with fast masking, client and server upgrade handshakes.
+        // zlib from the system (Debian: zlib1g-dev), for permessage-deflate.
+        .target(
+            name: "CAditZlib",
+            linkerSettings: [.linkedLibrary("z")]
+        ),
+        // RFC 6455 frame codec with fast masking, client and server upgrade handshakes, permessage-deflate.
         .target(
             name: "AditWebSocket",
             dependencies: [
                 "AditTransport",
+                "CAditZlib",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -72,6 +78,7 @@ let package = Package(
             name: "adit",
             dependencies: [
                 "AditGateway",
+                "AditWebSocket",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -619,6 +619,10 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             MuxFrameCodec.writeDataHeader(streamID: frame.stream, length: frame.length, fin: frame.fin, into: &headers)
         }
         var message = TunnelMessage()
+        // The stream with most bytes here decides whether the transport learns "compressible" or not from it.
+        var dominant = frames[0]
+        for frame in frames where frame.length > dominant.length { dominant = frame }
+        message.compressionKey = dominant.stream.rawValue
         for (index, frame) in frames.enumerated() {
             message.append(headers.getSlice(at: headers.readerIndex + index * MuxFrame.headerSize,
                                             length: MuxFrame.headerSize)!)
@@ -667,8 +671,16 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         streams.removeAll()
         for stream in all {
             stream.state.receivedReset()
-            if let endpoint = stream.endpoint {
-                stream.endpoint = nil
+            guard let endpoint = stream.endpoint else { continue }
+            stream.endpoint = nil
+            if stream.writesInFlight > 0 {
+                // What the peer sent before the tunnel ended (often in the same read as the close) still reaches
+                // the local socket, then it closes; a reader that never takes it gets ten seconds.
+                endpoint.writeAndFlush(endpoint.allocator.buffer(capacity: 0)).whenComplete { _ in
+                    endpoint.close(promise: nil)
+                }
+                endpoint.eventLoop.scheduleTask(in: .seconds(10)) { endpoint.close(promise: nil) }
+            } else {
                 endpoint.close(promise: nil)
             }
         }

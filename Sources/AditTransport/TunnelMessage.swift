@@ -7,6 +7,9 @@ import NIOCore
 public struct TunnelMessage: Sendable {
     public private(set) var parts: [ByteBuffer]
     public private(set) var byteCount: Int
+    /// The flow most of these bytes belong to (a stream ID; 0 for control), so that the transport can learn
+    /// per flow whether compressing is worth it.
+    public var compressionKey: UInt32 = 0
 
     public init() {
         self.parts = []

@@ -12,7 +12,8 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
     public typealias InboundIn = HTTPClientResponsePart
     public typealias OutboundOut = HTTPClientRequestPart
 
-    public typealias UpgradeCallback = (any Channel) throws -> Void
+    /// Installs the data phase; the agreement is nil when permessage-deflate was not negotiated.
+    public typealias UpgradeCallback = (any Channel, PerMessageDeflateAgreement?) throws -> Void
 
     private let configuration: WebSocketClientConfiguration
     private let key = WebSocketHandshake.makeKey()
@@ -88,18 +89,22 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
 
     private func complete(context: ChannelHandlerContext) {
         guard let head = response else { return }
+        let agreement: PerMessageDeflateAgreement?
         do {
-            try WebSocketHandshake.validate(response: head, key: key, subprotocol: configuration.subprotocol)
+            agreement = try WebSocketHandshake.validate(response: head, key: key, configuration: configuration)
         } catch {
             fail(error, context: context)
             return
         }
+        let onUpgrade = self.onUpgrade
         finished = true
         timer?.cancel()
         let upgraded = self.upgraded
         let channel = context.channel
         UpgradeHandoff.perform(context: context, encoder: HTTPRequestEncoder.self,
-                               decoder: ByteToMessageHandler<HTTPResponseDecoder>.self, install: onUpgrade)
+                               decoder: ByteToMessageHandler<HTTPResponseDecoder>.self) { channel in
+            try onUpgrade(channel, agreement)
+        }
             .whenComplete { result in
                 switch result {
                 case .success: upgraded.succeed(())

@@ -12,10 +12,17 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
     public typealias OutboundOut = ByteBuffer
 
     public struct Configuration: Sendable {
-        /// Largest message (after reassembly of fragments) we accept; bigger ones close with 1009.
+        /// Largest message (after reassembly of fragments and after inflating) we accept; bigger ones close
+        /// with 1009. Inflating stops at this bound, so a decompression bomb costs no more memory than this.
         public var maxMessageSize: Int = 1 << 20
         /// How long we wait for the peer's close frame after sending ours.
         public var closeTimeout: TimeAmount = .seconds(3)
+        /// permessage-deflate as agreed in the handshake; nil when it was not.
+        public var deflate: PerMessageDeflateAgreement?
+        /// Our settings (mode, level, when to skip), used when `deflate` is set.
+        public var compression = CompressionSettings()
+        /// Text messages are passed up as their bytes (a raw bridge) rather than refused with 1003 (the tunnel).
+        public var acceptsText = false
         public init() {}
     }
 
@@ -27,6 +34,8 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
 
     private var fragments: ByteBuffer?
     private var fragmentOpcode: WebSocketOpcode?
+    private var fragmentCompressed = false
+    private let codec: PerMessageDeflateCodec?
     private var closeTimeout: Scheduled<Void>?
     private var pendingClosePromises: [EventLoopPromise<Void>] = []
     private var maskKeys = MaskKeySource()
@@ -34,9 +43,16 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
     public init(role: WebSocketFrameParser.Role, configuration: Configuration = .init(), logger: Logger) {
         self.isClient = role == .client
         self.configuration = configuration
-        self.parser = WebSocketFrameParser(role: role, maxFramePayload: configuration.maxMessageSize)
+        // A compressed frame of random data is a little larger than the message it carries.
+        let framePayloadLimit = configuration.deflate == nil
+            ? configuration.maxMessageSize : configuration.maxMessageSize + configuration.maxMessageSize / 32 + 1024
+        self.parser = WebSocketFrameParser(role: role, maxFramePayload: framePayloadLimit)
         self.logger = logger
+        self.codec = configuration.deflate.map { PerMessageDeflateCodec(agreement: $0, settings: configuration.compression) }
     }
+
+    /// permessage-deflate totals of this connection; nil when it was not negotiated. Read on the event loop.
+    public var compressionStatistics: CompressionStatistics? { codec?.statistics }
 
     // MARK: Inbound
 
@@ -49,28 +65,61 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
         } catch let error as WebSocketProtocolError {
             logger.warning("\(error)")
             fail(context: context, code: error.closeCode, reason: error.detail)
+        } catch let error as PerMessageDeflateError {
+            let code: WebSocketCloseCode
+            switch error {
+            case .tooLarge: code = .messageTooBig
+            case .corrupt: code = .invalidPayload
+            case .zlib: code = .internalError
+            }
+            logger.warning("closing the WebSocket: \(error)", metadata: ["close_code": "\(code.rawValue)"])
+            fail(context: context, code: code, reason: "\(error)")
         } catch {
             fail(context: context, code: .internalError, reason: "\(error)")
         }
     }
 
     private func handle(_ frame: WebSocketFrame, context: ChannelHandlerContext) throws {
-        guard frame.rsv == 0 else {
-            throw WebSocketProtocolError(.protocolError, "frame with RSV bits \(frame.rsv >> 4) but no extension was negotiated")
+        let compressed = frame.rsv & 0x40 != 0
+        guard frame.rsv & 0x30 == 0 else {
+            throw WebSocketProtocolError(.protocolError, "frame with RSV2/RSV3 set, but no extension uses them")
+        }
+        if compressed {
+            guard codec != nil else {
+                throw WebSocketProtocolError(.protocolError, "frame with RSV1 set, but permessage-deflate was not negotiated")
+            }
+            guard frame.opcode == .binary || frame.opcode == .text else {
+                throw WebSocketProtocolError(.protocolError, "RSV1 set on a \(frame.opcode) frame (only the first frame of a data message may carry it)")
+            }
         }
         switch frame.opcode {
         case .binary, .text:
             guard fragmentOpcode == nil else {
                 throw WebSocketProtocolError(.protocolError, "new data frame while a fragmented message is open")
             }
-            guard closing.isOpen else { return }
-            if frame.opcode == .text {
+            if frame.opcode == .text && !configuration.acceptsText {
                 throw WebSocketProtocolError(.unacceptableData, "text messages are not part of the adit.v1 protocol")
             }
+            if compressed {
+                // Inflated even while closing: with context takeover, skipping a message would desynchronise.
+                let expected = min(max(frame.payload.readableBytes * 4, 1024), configuration.maxMessageSize + 1)
+                var inflated = context.channel.allocator.buffer(capacity: expected)
+                try codec!.inflate(frame.payload, last: frame.fin, into: &inflated, limit: configuration.maxMessageSize)
+                if frame.fin {
+                    if closing.isOpen { context.fireChannelRead(wrapInboundOut(inflated)) }
+                } else {
+                    fragmentOpcode = frame.opcode
+                    fragmentCompressed = true
+                    fragments = inflated
+                }
+                return
+            }
+            guard closing.isOpen else { return }
             if frame.fin {
                 context.fireChannelRead(wrapInboundOut(frame.payload))
             } else {
                 fragmentOpcode = frame.opcode
+                fragmentCompressed = false
                 var first = frame.payload
                 var assembled = context.channel.allocator.buffer(capacity: max(first.readableBytes * 2, 1024))
                 assembled.writeBuffer(&first)
@@ -80,14 +129,19 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
             guard fragmentOpcode != nil, var assembled = fragments else {
                 throw WebSocketProtocolError(.protocolError, "continuation frame without a message to continue")
             }
-            guard assembled.readableBytes + frame.payload.readableBytes <= configuration.maxMessageSize else {
-                throw WebSocketProtocolError(.messageTooBig, "message larger than \(configuration.maxMessageSize) bytes")
-            }
-            var payload = frame.payload
             fragments = nil  // keep the assembled buffer uniquely referenced while appending
-            assembled.writeBuffer(&payload)
+            if fragmentCompressed {
+                try codec!.inflate(frame.payload, last: frame.fin, into: &assembled, limit: configuration.maxMessageSize)
+            } else {
+                guard assembled.readableBytes + frame.payload.readableBytes <= configuration.maxMessageSize else {
+                    throw WebSocketProtocolError(.messageTooBig, "message larger than \(configuration.maxMessageSize) bytes")
+                }
+                var payload = frame.payload
+                assembled.writeBuffer(&payload)
+            }
             if frame.fin {
                 fragmentOpcode = nil
+                fragmentCompressed = false
                 if closing.isOpen { context.fireChannelRead(wrapInboundOut(assembled)) }
             } else {
                 fragments = assembled
@@ -134,7 +188,42 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        writeFrame(context: context, opcode: .binary, payload: unwrapOutboundIn(data), promise: promise)
+        let message = unwrapOutboundIn(data)
+        if let codec, codec.shouldCompress(size: message.byteCount, key: message.compressionKey) {
+            writeCompressed(context: context, message: message, codec: codec, promise: promise)
+        } else {
+            writeFrame(context: context, opcode: .binary, payload: message, promise: promise)
+        }
+    }
+
+    /// One frame with RSV1 set: the payload is compressed into a fresh buffer that keeps room in front for the
+    /// header, so header, payload and (client) masking need no further copy.
+    private func writeCompressed(context: ChannelHandlerContext, message: TunnelMessage, codec: PerMessageDeflateCodec,
+                                 promise: EventLoopPromise<Void>?) {
+        let headroom = WebSocketFrame.maxHeaderSize
+        var frame = context.channel.allocator.buffer(capacity: headroom + message.byteCount / 2 + 64)
+        frame.moveWriterIndex(forwardBy: headroom)
+        frame.moveReaderIndex(forwardBy: headroom)
+        do {
+            try codec.compress(message.parts, size: message.byteCount, key: message.compressionKey, into: &frame)
+        } catch {
+            // Nothing reached the compressor's history, so sending this one as it is stays consistent.
+            logger.warning("cannot compress a message, sending it uncompressed: \(error)")
+            writeFrame(context: context, opcode: .binary, payload: message, promise: promise)
+            return
+        }
+        let length = frame.readableBytes
+        let key: UInt32? = isClient ? maskKeys.key() : nil
+        var header = context.channel.allocator.buffer(capacity: headroom)
+        WebSocketFrame.writeHeader(fin: true, rsv: 0x40, opcode: .binary, length: length, maskKey: key, into: &header)
+        if let key {
+            frame.withUnsafeMutableReadableBytes { bytes in
+                WebSocketMasking.apply(key: key, source: UnsafeRawBufferPointer(bytes), destination: bytes)
+            }
+        }
+        frame.moveReaderIndex(to: frame.readerIndex - header.readableBytes)
+        frame.setBuffer(header, at: frame.readerIndex)
+        context.write(wrapOutboundOut(frame), promise: promise)
     }
 
     /// Closing from above runs the closing handshake first (code 1000) and completes when the socket is closed.

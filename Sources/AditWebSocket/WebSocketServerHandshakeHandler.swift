@@ -11,10 +11,9 @@ public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, Remov
     public typealias InboundIn = HTTPServerRequestPart
     public typealias OutboundOut = HTTPServerResponsePart
 
-    public typealias UpgradeCallback = (any Channel, HTTPRequestHead) throws -> Void
+    public typealias UpgradeCallback = (any Channel, HTTPRequestHead, WebSocketUpgrade) throws -> Void
 
-    private let path: String
-    private let subprotocol: String
+    private let routes: [WebSocketRoute]
     private let timeout: TimeAmount
     private let onUpgrade: UpgradeCallback
     private let logger: Logger
@@ -22,10 +21,9 @@ public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, Remov
     private var done = false
     private var timer: Scheduled<Void>?
 
-    public init(path: String, subprotocol: String = "adit.v1", timeout: TimeAmount = .seconds(10), logger: Logger,
+    public init(routes: [WebSocketRoute], timeout: TimeAmount = .seconds(10), logger: Logger,
                 onUpgrade: @escaping UpgradeCallback) {
-        self.path = path
-        self.subprotocol = subprotocol
+        self.routes = routes
         self.timeout = timeout
         self.onUpgrade = onUpgrade
         self.logger = logger
@@ -66,7 +64,7 @@ public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, Remov
     }
 
     private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
-        switch WebSocketHandshake.evaluate(request: head, path: path, subprotocol: subprotocol) {
+        switch WebSocketHandshake.evaluate(request: head, routes: routes) {
         case .refuse(let status, let text, let extra):
             logger.info("refused HTTP request", metadata: [
                 "status": "\(status.code)", "uri": "\(head.uri)",
@@ -82,12 +80,15 @@ public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, Remov
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: text)))), promise: nil)
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
-        case .upgrade(let accept, let selected):
+        case .upgrade(let upgrade):
             var headers = HTTPHeaders()
             headers.add(name: "Upgrade", value: "websocket")
             headers.add(name: "Connection", value: "Upgrade")
-            headers.add(name: "Sec-WebSocket-Accept", value: accept)
-            headers.add(name: "Sec-WebSocket-Protocol", value: selected)
+            headers.add(name: "Sec-WebSocket-Accept", value: upgrade.accept)
+            if let selected = upgrade.subprotocol { headers.add(name: "Sec-WebSocket-Protocol", value: selected) }
+            if let response = upgrade.extensionResponse {
+                headers.add(name: "Sec-WebSocket-Extensions", value: response.offer.headerValue)
+            }
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .switchingProtocols,
                                                                   headers: headers))), promise: nil)
             context.flush()
@@ -96,7 +97,7 @@ public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, Remov
             let channel = context.channel
             UpgradeHandoff.perform(context: context, encoder: HTTPResponseEncoder.self,
                                    decoder: ByteToMessageHandler<HTTPRequestDecoder>.self) { channel in
-                try onUpgrade(channel, head)
+                try onUpgrade(channel, head, upgrade)
             }.whenFailure { error in
                 logger.error("could not switch the connection to WebSocket: \(error)")
                 channel.close(promise: nil)

@@ -14,6 +14,9 @@ struct ClientCommand: AsyncParsableCommand {
               adit client ws://gateway.example.com:8080/ -L 2222:localhost:22
               adit client ws://127.0.0.1:8080/tunnel -L 0.0.0.0:5432:db.internal:5432
               adit client ws://[::1]:8080/ -L [::1]:8080:10.0.0.7:80 -H 'X-Team: ops'
+
+            With --raw, each local connection gets its own WebSocket to the URL, unmultiplexed, and the server picks the target (an adit server's --raw route, or websockify):
+              adit client --raw ws://gateway.example.com:8080/vnc -L 5901
             """)
 
     @Argument(help: ArgumentHelp("The server: ws://HOST[:PORT][/path]. Example: ws://gateway.example.com:8080/",
@@ -21,9 +24,13 @@ struct ClientCommand: AsyncParsableCommand {
     var url: String
 
     @Option(name: .customShort("L"), help: ArgumentHelp(
-        "Local forward [BIND:]PORT:HOST:HOSTPORT (repeatable), as in ssh. BIND defaults to 127.0.0.1; IPv6 in brackets. Example: -L 8080:intranet.example:80",
+        "Local forward [BIND:]PORT:HOST:HOSTPORT (repeatable), as in ssh. BIND defaults to 127.0.0.1; IPv6 in brackets. With --raw: [BIND:]PORT. Example: -L 8080:intranet.example:80",
         valueName: "forward"))
     var forwards: [String] = []
+
+    @Flag(name: .long, help: ArgumentHelp(
+        "Carry each local connection over its own plain WebSocket (binary messages, no multiplexing) to the URL, whose server decides the target: an adit server's --raw route or websockify. Example: adit client --raw ws://host:8080/vnc -L 5901"))
+    var raw = false
 
     @Option(name: [.customShort("H"), .long], help: ArgumentHelp(
         "Extra header for the WebSocket upgrade request, 'Name: value' (repeatable). Example: -H 'Authorization: Bearer abc'",
@@ -41,6 +48,7 @@ struct ClientCommand: AsyncParsableCommand {
     var connectTimeout: Int = 10
 
     @OptionGroup var tunnel: TunnelOptions
+    @OptionGroup var compression: CompressionOptions
     @OptionGroup var metricsOptions: MetricsOptions
     @OptionGroup var logging: LoggingOptions
 
@@ -50,12 +58,30 @@ struct ClientCommand: AsyncParsableCommand {
             guard !forwards.isEmpty else {
                 throw ValidationError("no -L forward given; add one, e.g. -L 8080:example.com:80")
             }
-            for f in forwards { _ = try ForwardSpec.parse(f) }
+            if raw {
+                for f in forwards { _ = try parseRawListener(f) }
+            } else {
+                for f in forwards { _ = try ForwardSpec.parse(f) }
+            }
             _ = try parsedHeaders()
         } catch let error as ConfigurationError {
             throw ValidationError(error.message)
         }
         guard connectTimeout >= 1 else { throw ValidationError("--connect-timeout must be at least 1 second") }
+    }
+
+    /// `-L [BIND:]PORT` with --raw: the target is the server's business.
+    func parseRawListener(_ text: String) throws -> HostPort {
+        let fields = try HostPort.splitFields(text, what: "-L")
+        switch fields.count {
+        case 1:
+            return HostPort(host: "127.0.0.1", port: try HostPort.parsePort(fields[0], what: "-L '\(text)' local port", allowZero: true))
+        case 2:
+            let bind = fields[0].isEmpty || fields[0] == "*" ? "0.0.0.0" : fields[0]
+            return HostPort(host: bind, port: try HostPort.parsePort(fields[1], what: "-L '\(text)' local port", allowZero: true))
+        default:
+            throw ConfigurationError("with --raw, -L '\(text)' must be [BIND:]PORT (the server decides the target), e.g. -L 5901")
+        }
     }
 
     func parsedHeaders() throws -> [(String, String)] {
@@ -76,7 +102,11 @@ struct ClientCommand: AsyncParsableCommand {
         raiseFileDescriptorLimit()
         tuneAllocator()
         let logger = logging.makeLogger(label: "adit.client")
-        var config = AditClient.Configuration(url: try TunnelURL.parse(url), forwards: try forwards.map(ForwardSpec.parse))
+        var config = AditClient.Configuration(url: try TunnelURL.parse(url),
+                                              forwards: raw ? [] : try forwards.map(ForwardSpec.parse))
+        if raw { config.rawListeners = try forwards.map(parseRawListener) }
+        config.compression = compression.settings
+        config.rawMaxMessageSize = compression.rawMaxMessageSize
         config.extraHeaders = try parsedHeaders()
         config.hostHeader = hostHeader
         config.origin = origin

@@ -1,5 +1,6 @@
 import AditGateway
 import AditMux
+import AditWebSocket
 import ArgumentParser
 import Foundation
 import Logging
@@ -176,3 +177,54 @@ func runService(_ service: some Service & Sendable, extra: [any Service] = [], l
 import Metrics
 import Prometheus
 import ServiceLifecycle
+
+extension CompressionMode: ExpressibleByArgument {}
+
+/// permessage-deflate options, the same on both commands.
+struct CompressionOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "permessage-deflate (RFC 7692): off (never offered or accepted), auto (negotiated; small messages and streams that prove incompressible are sent as they are) or always (every message compressed). Example: --compression off",
+        valueName: "off|auto|always"))
+    var compression: CompressionMode = .auto
+
+    @Option(name: .long, help: ArgumentHelp(
+        "zlib compression level, 1 (fastest) to 9 (smallest). Example: --compression-level 1", valueName: "1-9"))
+    var compressionLevel: Int = 6
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Largest LZ77 window, as a power of two (9-15), for both directions: our compressor uses at most this and asks the peer to. Smaller saves memory per connection (2^(bits+2) bytes for compressing). Example: --window-bits 12",
+        valueName: "9-15"))
+    var windowBits: Int = 15
+
+    @Flag(name: .long, help: ArgumentHelp(
+        "Ask both sides to compress every message on its own (no context takeover): less memory held per connection, a worse ratio."))
+    var noContextTakeover = false
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Largest WebSocket message accepted, after inflating; a bigger one (a decompression bomb, say) closes the connection with code 1009. Applies to raw WebSockets; the tunnel's bound is 1M, what its peers send being at most 64K. Example: --max-message-size 32M",
+        valueName: "size"))
+    var maxMessageSize: String = "16M"
+
+    func validate() throws {
+        guard (1...9).contains(compressionLevel) else {
+            throw ValidationError("--compression-level must be between 1 (fastest) and 9 (smallest), e.g. --compression-level 6")
+        }
+        guard (9...15).contains(windowBits) else {
+            throw ValidationError("--window-bits must be between 9 and 15 (zlib cannot compress with 8), e.g. --window-bits 12")
+        }
+        guard let size = parseSize(maxMessageSize), size >= 1 << 10, size <= 1 << 30 else {
+            throw ValidationError("--max-message-size '\(maxMessageSize)' must be a size between 1K and 1G, e.g. --max-message-size 16M")
+        }
+    }
+
+    var settings: CompressionSettings {
+        var settings = CompressionSettings()
+        settings.mode = compression
+        settings.level = compressionLevel
+        settings.windowBits = windowBits
+        settings.noContextTakeover = noContextTakeover
+        return settings
+    }
+
+    var rawMaxMessageSize: Int { parseSize(maxMessageSize) ?? 16 << 20 }
+}

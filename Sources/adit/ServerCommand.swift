@@ -14,6 +14,9 @@ struct ServerCommand: AsyncParsableCommand {
               adit server --listen [::]:8080 --allow '10.0.0.0/8:22' --allow '*.corp.example:443'
               adit server --listen 127.0.0.1:8080 --path /tunnel --allow '*:*'   # behind nginx, anything
 
+            Raw WebSocket bridges (websockify-compatible, for browsers and other WebSocket clients; one TCP connection per WebSocket, binary messages, subprotocol 'binary' or none, same --allow policy):
+              adit server --listen 0.0.0.0:8080 --raw /vnc=127.0.0.1:5900 --allow 127.0.0.1:5900
+
             SIGTERM or SIGINT drains: open streams finish (up to --drain-timeout), new ones are refused.
             """)
 
@@ -38,7 +41,13 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Event-loop threads; each tunnel and its streams stay on one. Defaults to the number of cores. Example: --threads 4", valueName: "n"))
     var threads: Int = System.coreCount
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Bridge WebSockets on PATH, one TCP connection each, to HOST:PORT (repeatable; the target must be allowed by --allow). Example: --raw /vnc=127.0.0.1:5900",
+        valueName: "path=host:port"))
+    var raw: [String] = []
+
     @OptionGroup var tunnel: TunnelOptions
+    @OptionGroup var compression: CompressionOptions
     @OptionGroup var metricsOptions: MetricsOptions
     @OptionGroup var logging: LoggingOptions
 
@@ -50,6 +59,13 @@ struct ServerCommand: AsyncParsableCommand {
                     "no --allow pattern given: the server would refuse every target. Add one, e.g. --allow 'localhost:22' (or --allow '*:*' to allow all)")
             }
             _ = try TargetPolicy.parse(allow)
+            var paths: Set<String> = [path]
+            for text in raw {
+                let route = try RawBridgeRoute.parse(text)
+                guard paths.insert(route.path).inserted else {
+                    throw ConfigurationError("--raw '\(text)': the path \(route.path) is already used (the tunnel is on --path \(path))")
+                }
+            }
         } catch let error as ConfigurationError {
             throw ValidationError(error.message)
         }
@@ -71,6 +87,9 @@ struct ServerCommand: AsyncParsableCommand {
         config.connectTimeout = .seconds(Int64(connectTimeout))
         config.drainTimeout = .seconds(Int64(drainTimeout))
         config.threads = threads
+        config.compression = compression.settings
+        config.rawRoutes = try raw.map(RawBridgeRoute.parse)
+        config.rawMaxMessageSize = compression.rawMaxMessageSize
         let exported = try metricsOptions.makeMetrics(logger: logger)
         config.metrics = exported?.0
         try await runService(AditServer(configuration: config, logger: logger), extra: exported.map { [$0.1] } ?? [],

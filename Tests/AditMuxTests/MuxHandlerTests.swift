@@ -301,6 +301,25 @@ extension EmbeddedChannel {
         #expect(recorderA.outputClosed)
     }
 
+    /// Data and the end of the tunnel often arrive in one read: the data still reaches the local socket.
+    @Test func dataReceivedJustBeforeTheTunnelEndsIsDelivered() throws {
+        var pair = try MuxPair()
+        let (a, _) = try pair.endpoint()
+        let (b, _) = try pair.endpoint()
+        pair.serverDelegate.decision = { session, id, _ in session.accept(id, endpoint: b) }
+        _ = try pair.clientMux.openStream(to: target, endpoint: a)
+        try pair.pump()
+        try b.writeInbound(ByteBuffer(string: "last words"))
+        b.pipeline.fireChannelReadComplete()
+        pair.loop.run()
+        let message = try #require(try pair.server.readOutbound(as: TunnelMessage.self))
+        pair.client.pipeline.fireChannelRead(message.joined())  // no read-complete: the endpoint is not flushed yet
+        try pair.client.close().wait()
+        pair.loop.run()
+        #expect(String(decoding: try a.drainOutboundBytes(), as: UTF8.self) == "last words")
+        #expect(!a.isActive)
+    }
+
     @Test func keepalivePingsAndASilentPeerEndsTheSession() throws {
         var config = MuxConfiguration()
         config.keepaliveInterval = .seconds(1)

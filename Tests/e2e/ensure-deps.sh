@@ -1,6 +1,7 @@
 #!/bin/sh
-# Make sure python3, pytest and websockets are importable for the e2e suite.
-# Idempotent; a no-op (one python start) when everything is present.
+# Make sure the build and the tests have what they need: zlib's headers (permessage-deflate), python3 with
+# pytest and websockets, and the foreign WebSocket peers the tests run (chromium, websockify).
+# Idempotent; a no-op (a few checks) when everything is present.
 # Usage: Tests/e2e/ensure-deps.sh        (PYTHON=... to pick the interpreter)
 set -eu
 PY=${PYTHON:-python3}
@@ -13,10 +14,17 @@ apt_install() {
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-if ! command -v "$PY" >/dev/null 2>&1; then
-    apt_install python3 python3-pip
-    PY=python3
+# System packages, installed only when missing (one apt-get update, one install).
+missing=""
+[ -f /usr/include/zlib.h ] || missing="$missing zlib1g-dev"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v websockify >/dev/null 2>&1 || missing="$missing websockify"
+command -v "$PY" >/dev/null 2>&1 || missing="$missing python3 python3-pip"
+if [ -n "$missing" ]; then
+    echo "ensure-deps: installing$missing" >&2
+    apt_install $missing
 fi
+command -v "$PY" >/dev/null 2>&1 || PY=python3
 check && exit 0
 
 # pip first (newer websockets); PIP_BREAK_SYSTEM_PACKAGES lets pip install into

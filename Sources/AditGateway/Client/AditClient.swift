@@ -1,4 +1,5 @@
 import AditMux
+import AditWebSocket
 import Logging
 import NIOCore
 import NIOPosix
@@ -22,10 +23,30 @@ public final class AditClient: Service, @unchecked Sendable {
         public var drainTimeout: TimeAmount = .seconds(30)
         /// Where session totals go; nil exports nothing.
         public var metrics: TunnelMetrics?
+        /// permessage-deflate offer and use.
+        public var compression = CompressionSettings()
+        /// `--raw`: these local listeners carry each connection over its own WebSocket to `url`, unmultiplexed
+        /// (websockify-compatible), instead of `forwards` over one tunnel.
+        public var rawListeners: [HostPort] = []
+        /// Largest message accepted on a raw WebSocket (after inflating).
+        public var rawMaxMessageSize = 16 << 20
 
         public init(url: TunnelURL, forwards: [ForwardSpec]) {
             self.url = url
             self.forwards = forwards
+        }
+
+        /// How the tunnel (or each raw WebSocket) is dialled.
+        var dialer: WebSocketDialer {
+            var dialer = WebSocketDialer(url: url, hostHeader: hostHeader, origin: origin, extraHeaders: extraHeaders,
+                                         compression: compression, channelOptions: channelOptions,
+                                         connectTimeout: connectTimeout)
+            if !rawListeners.isEmpty {
+                // As websockify expects: `binary` alone (it only accepts it as the first token), or none back.
+                dialer.webSocket.subprotocols = ["binary"]
+                dialer.webSocket.requiresSubprotocol = false
+            }
+            return dialer
         }
     }
 
@@ -72,6 +93,10 @@ public final class AditClient: Service, @unchecked Sendable {
     }
 
     func start() async throws {
+        if !configuration.rawListeners.isEmpty {
+            try await startRaw()
+            return
+        }
         var addresses: [SocketAddress] = []
         for forward in configuration.forwards {
             let target = forward.target
@@ -101,7 +126,40 @@ public final class AditClient: Service, @unchecked Sendable {
         eventLoop.execute { manager.value.start() }
     }
 
+    /// `--raw`: every local connection gets its own WebSocket; there is no tunnel to keep up.
+    private func startRaw() async throws {
+        var addresses: [SocketAddress] = []
+        let dialer = configuration.dialer
+        let logger = self.logger
+        let maxMessageSize = configuration.rawMaxMessageSize
+        let compression = configuration.compression
+        for bind in configuration.rawListeners {
+            let bootstrap = configuration.channelOptions.apply(toEndpointListener: ServerBootstrap(group: eventLoop))
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(AcceptedConnectionHandler { channel in
+                            RawBridge.bridgeLocalConnection(channel, dialer: dialer, maxMessageSize: maxMessageSize,
+                                                            compression: compression, logger: logger)
+                        })
+                    }
+                }
+            let listener: any Channel
+            do {
+                listener = try await bootstrap.bind(host: bind.host, port: bind.port).get()
+            } catch {
+                for l in listeners { try? await l.close() }
+                throw ConfigurationError("cannot listen on \(bind) for -L: \(describeBindError(error))")
+            }
+            listeners.append(listener)
+            let address = listener.localAddress!
+            addresses.append(address)
+            logger.notice("forwarding \(HostPort(host: address.ipAddress ?? bind.host, port: address.port ?? 0)) over raw WebSockets to \(configuration.url) (compression \(compression.mode.rawValue))")
+        }
+        started.succeed(addresses)
+    }
+
     private func stop() async {
+        guard configuration.rawListeners.isEmpty else { return }
         let manager = self.manager
         try? await eventLoop.submit { manager.value.stop() }.get()
         let deadline = NIODeadline.now() + configuration.drainTimeout

@@ -32,6 +32,8 @@ final class TunnelManager: MuxSessionDelegate {
     private var sessions: [ObjectIdentifier: MuxHandler] = [:]
     private var failuresInARow = 0
     private var exporters: [ObjectIdentifier: SessionMetricsExporter] = [:]
+    private var webSockets: [ObjectIdentifier: WebSocketConnectionHandler] = [:]
+    private var negotiated: String?
 
     init(configuration: AditClient.Configuration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -103,43 +105,30 @@ final class TunnelManager: MuxSessionDelegate {
         connecting = true
         retryTask = nil
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        let upgraded = eventLoop.makePromise(of: Void.self)
         let config = configuration
-        var wsClient = WebSocketClientConfiguration(hostHeader: config.hostHeader ?? config.url.hostHeader)
-        wsClient.path = config.url.path
-        wsClient.origin = config.origin
-        wsClient.extraHeaders = config.extraHeaders
         let logger = self.logger
-        let bootstrap = config.channelOptions.apply(toTunnel: ClientBootstrap(group: eventLoop))
-            .connectTimeout(config.connectTimeout)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(HTTPRequestEncoder())
-                    try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)))
-                    try sync.addHandler(WebSocketClientHandshakeHandler(configuration: wsClient, upgraded: upgraded) { channel in
-                        var wsConfig = WebSocketConnectionHandler.Configuration()
-                        wsConfig.maxMessageSize = Int(config.mux.maxReceiveMessageSize)
-                        let mux = MuxHandler(role: .client, configuration: config.mux, logger: logger,
-                                             delegate: bound.value)
-                        bound.value.sessions[ObjectIdentifier(mux)] = mux
-                        if let metrics = config.metrics {
-                            bound.value.exporters[ObjectIdentifier(mux)] =
-                                SessionMetricsExporter(metrics: metrics, session: mux, eventLoop: channel.eventLoop)
-                        }
-                        let sync = channel.pipeline.syncOperations
-                        try sync.addHandler(WebSocketConnectionHandler(role: .client, configuration: wsConfig, logger: logger))
-                        try sync.addHandler(mux)
-                    })
-                }
-            }
         logger.debug("dialling the tunnel server", metadata: ["url": "\(config.url)"])
-        bootstrap.connect(host: config.url.host, port: config.url.port).flatMap { _ in
-            upgraded.futureResult
+        config.dialer.dial(on: eventLoop) { channel, agreement in
+            var wsConfig = WebSocketConnectionHandler.Configuration()
+            wsConfig.maxMessageSize = Int(config.mux.maxReceiveMessageSize)
+            wsConfig.deflate = agreement
+            wsConfig.compression = config.compression
+            let webSocket = WebSocketConnectionHandler(role: .client, configuration: wsConfig, logger: logger)
+            let mux = MuxHandler(role: .client, configuration: config.mux, logger: logger, delegate: bound.value)
+            bound.value.sessions[ObjectIdentifier(mux)] = mux
+            bound.value.webSockets[ObjectIdentifier(mux)] = webSocket
+            bound.value.negotiated = agreement?.summary
+                ?? (config.compression.mode == .off ? "compression off" : "no compression (the server declined)")
+            if let metrics = config.metrics {
+                bound.value.exporters[ObjectIdentifier(mux)] =
+                    SessionMetricsExporter(metrics: metrics, session: mux, webSocket: webSocket, eventLoop: channel.eventLoop)
+            }
+            let sync = channel.pipeline.syncOperations
+            try sync.addHandler(webSocket)
+            try sync.addHandler(mux)
         }.whenComplete { result in
             let manager = bound.value
             if case .failure(let error) = result {
-                upgraded.fail(error)  // no-op when already completed
                 manager.connecting = false
                 manager.dialFailed(describeConnectError(error, url: config.url))
             }
@@ -178,10 +167,11 @@ final class TunnelManager: MuxSessionDelegate {
         }
         self.session = session
         backoff = configuration.reconnectMinimum
+        let how = negotiated.map { "; \($0)" } ?? ""
         if failuresInARow > 0 || lastFailure != nil {
-            logger.notice("tunnel to \(configuration.url) is up again")
+            logger.notice("tunnel to \(configuration.url) is up again\(how)")
         } else {
-            logger.notice("tunnel to \(configuration.url) is up")
+            logger.notice("tunnel to \(configuration.url) is up\(how)")
         }
         failuresInARow = 0
         lastFailure = nil
@@ -204,6 +194,9 @@ final class TunnelManager: MuxSessionDelegate {
     func muxSessionDidClose(_ session: MuxHandler, error: (any Error)?) {
         sessions.removeValue(forKey: ObjectIdentifier(session))
         exporters.removeValue(forKey: ObjectIdentifier(session))?.close()
+        if let statistics = webSockets.removeValue(forKey: ObjectIdentifier(session))?.compressionStatistics {
+            logger.info("tunnel compression: \(statistics.summary)")
+        }
         let wasCurrent = self.session === session
         if wasCurrent { self.session = nil }
         if connecting && !wasCurrent { connecting = false }  // closed before it became ready

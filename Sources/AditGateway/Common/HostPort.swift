@@ -23,7 +23,7 @@ public struct HostPort: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Splits on ':' outside brackets and removes the brackets: "[::1]:80:x" → ["::1", "80", "x"].
-    static func splitFields(_ text: String, what: String) throws(ConfigurationError) -> [String] {
+    public static func splitFields(_ text: String, what: String) throws(ConfigurationError) -> [String] {
         var fields: [String] = []
         var current = ""
         var inBracket = false
@@ -50,7 +50,7 @@ public struct HostPort: Hashable, Sendable, CustomStringConvertible {
         return fields
     }
 
-    static func parsePort(_ text: String, what: String, allowZero: Bool = false) throws(ConfigurationError) -> Int {
+    public static func parsePort(_ text: String, what: String, allowZero: Bool = false) throws(ConfigurationError) -> Int {
         guard let port = Int(text), port >= (allowZero ? 0 : 1), port <= 65535 else {
             throw ConfigurationError("\(what): '\(text)' is not a port number (1-65535)")
         }

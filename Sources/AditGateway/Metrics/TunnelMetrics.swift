@@ -1,4 +1,5 @@
 import AditMux
+import AditWebSocket
 import CoreMetrics
 import NIOConcurrencyHelpers
 import NIOCore
@@ -14,6 +15,13 @@ public final class TunnelMetrics: Sendable {
     let streamsOpenedByPeer = Counter(label: "adit_streams_opened_total", dimensions: [("origin", "peer")])
     let bytesSent = Counter(label: "adit_stream_bytes_total", dimensions: [("direction", "sent")])
     let bytesReceived = Counter(label: "adit_stream_bytes_total", dimensions: [("direction", "received")])
+    /// permessage-deflate: bytes of the messages we compressed, before and after, and bytes sent as they were.
+    let compressionInput = Counter(label: "adit_compression_bytes_total", dimensions: [("stage", "before")])
+    let compressionOutput = Counter(label: "adit_compression_bytes_total", dimensions: [("stage", "after")])
+    let compressionSkipped = Counter(label: "adit_compression_skipped_bytes_total")
+    /// Compressed bytes received, and what they inflated to.
+    let inflateInput = Counter(label: "adit_decompression_bytes_total", dimensions: [("stage", "before")])
+    let inflateOutput = Counter(label: "adit_decompression_bytes_total", dimensions: [("stage", "after")])
     private let resets = NIOLockedValueBox<[ResetCode: Counter]>([:])
 
     public init() {}
@@ -48,13 +56,16 @@ extension ResetCode {
 final class SessionMetricsExporter {
     private let metrics: TunnelMetrics
     private weak var session: MuxHandler?
+    private weak var webSocket: WebSocketConnectionHandler?
     private var exported = MuxStatistics()
+    private var exportedCompression = CompressionStatistics()
     private var exportedStreams = 0
     private var task: RepeatedTask?
 
-    init(metrics: TunnelMetrics, session: MuxHandler, eventLoop: any EventLoop) {
+    init(metrics: TunnelMetrics, session: MuxHandler, webSocket: WebSocketConnectionHandler?, eventLoop: any EventLoop) {
         self.metrics = metrics
         self.session = session
+        self.webSocket = webSocket
         metrics.tunnelsOpened.increment()
         metrics.tunnelsOpen.increment()
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
@@ -74,6 +85,15 @@ final class SessionMetricsExporter {
             metrics.resetCounter(code).increment(by: count - exported.resets[code, default: 0])
         }
         exported = now
+        if let compression = webSocket?.compressionStatistics {
+            let before = exportedCompression
+            metrics.compressionInput.increment(by: compression.bytesBeforeCompression - before.bytesBeforeCompression)
+            metrics.compressionOutput.increment(by: compression.bytesAfterCompression - before.bytesAfterCompression)
+            metrics.compressionSkipped.increment(by: compression.bytesUncompressed - before.bytesUncompressed)
+            metrics.inflateInput.increment(by: compression.bytesBeforeInflating - before.bytesBeforeInflating)
+            metrics.inflateOutput.increment(by: compression.bytesAfterInflating - before.bytesAfterInflating)
+            exportedCompression = compression
+        }
         let streams = session.streamCount
         if streams != exportedStreams {
             metrics.streamsOpen.increment(by: Double(streams - exportedStreams))

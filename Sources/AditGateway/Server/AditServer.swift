@@ -25,6 +25,12 @@ public final class AditServer: Service, @unchecked Sendable {
         public var threads = System.coreCount
         /// Where session totals go; nil exports nothing.
         public var metrics: TunnelMetrics?
+        /// permessage-deflate, for the tunnel and the raw bridges.
+        public var compression = CompressionSettings()
+        /// `--raw PATH=HOST:PORT` bridges, besides the tunnel on `path`.
+        public var rawRoutes: [RawBridgeRoute] = []
+        /// Largest message a raw bridge accepts (after inflating); the tunnel's is `mux.maxReceiveMessageSize`.
+        public var rawMaxMessageSize = 16 << 20
 
         public init(listen: HostPort, policy: TargetPolicy) {
             self.listen = listen
@@ -94,7 +100,22 @@ public final class AditServer: Service, @unchecked Sendable {
         started.succeed(address)
         let shown = HostPort(host: address.ipAddress ?? config.listen.host, port: address.port ?? 0)
         let path = config.path == "/" ? "" : " path \(config.path)"
-        logger.notice("listening on \(shown)\(path); targets allowed: \(config.policy.patterns.isEmpty ? "none" : config.policy.description)")
+        logger.notice("listening on \(shown)\(path); targets allowed: \(config.policy.patterns.isEmpty ? "none" : config.policy.description); compression \(config.compression.mode.rawValue)")
+        for route in config.rawRoutes {
+            logger.notice("raw WebSocket bridge on \(route.path) to \(route.target)")
+            // A name may still be allowed once resolved; TargetConnector decides that on every connection.
+            if case .name = route.target.host {
+            } else if !config.policy.allows(route.target) {
+                logger.warning("the raw bridge \(route.path) -> \(route.target) is not allowed by any --allow rule; its connections will be refused")
+            }
+        }
+    }
+
+    var routes: [WebSocketRoute] {
+        [.tunnel(path: configuration.path, compression: configuration.compression)]
+            + configuration.rawRoutes.map {
+                WebSocketRoute(path: $0.path, kind: .raw, subprotocols: ["binary"], compression: configuration.compression)
+            }
     }
 
     private func initializeTunnel(_ channel: any Channel, connector: TargetConnector, logger: Logger) throws {
@@ -107,31 +128,47 @@ public final class AditServer: Service, @unchecked Sendable {
         let pipeline = channel.pipeline.syncOperations
         try pipeline.addHandler(HTTPResponseEncoder())
         try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)))
-        try pipeline.addHandler(WebSocketServerHandshakeHandler(path: configuration.path, logger: logger) {
-            [weak self] channel, head in
+        try pipeline.addHandler(WebSocketServerHandshakeHandler(routes: routes, logger: logger) {
+            [weak self] channel, head, upgrade in
             guard let self else { throw ChannelError.ioOnClosedChannel }
+            if upgrade.route > 0 {
+                let route = self.configuration.rawRoutes[upgrade.route - 1]
+                try RawBridge.installServerSide(on: channel, route: route, upgrade: upgrade, head: head,
+                                                configuration: self.configuration, connector: connector,
+                                                logger: sessionLogger)
+                return
+            }
             var wsConfig = WebSocketConnectionHandler.Configuration()
             wsConfig.maxMessageSize = Int(mux.maxReceiveMessageSize)
+            wsConfig.deflate = upgrade.deflate
+            wsConfig.compression = self.configuration.compression
             let metrics = self.configuration.metrics
             var exporter: SessionMetricsExporter? = nil
+            let webSocket = WebSocketConnectionHandler(role: .server, configuration: wsConfig, logger: sessionLogger)
             let session = ServerSession(connector: connector, logger: sessionLogger) { [weak self] handler in
                 exporter?.close()
                 exporter = nil
+                if let statistics = webSocket.compressionStatistics {
+                    sessionLogger.info("tunnel compression: \(statistics.summary)")
+                }
                 guard let self else { return }
                 _ = self.sessions.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(handler)) }
             }
             let handler = MuxHandler(role: .server, configuration: mux, logger: sessionLogger)
             session.attach(handler)
-            if let metrics { exporter = SessionMetricsExporter(metrics: metrics, session: handler, eventLoop: channel.eventLoop) }
+            if let metrics {
+                exporter = SessionMetricsExporter(metrics: metrics, session: handler, webSocket: webSocket,
+                                                  eventLoop: channel.eventLoop)
+            }
             let sync = channel.pipeline.syncOperations
-            try sync.addHandler(WebSocketConnectionHandler(role: .server, configuration: wsConfig, logger: sessionLogger))
+            try sync.addHandler(webSocket)
             try sync.addHandler(handler)
             self.sessions.withLockedValue { $0[ObjectIdentifier(handler)] = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
-            if let agent = head.headers["User-Agent"].first {
-                sessionLogger.info("tunnel opened", metadata: ["user_agent": "\(agent)"])
-            } else {
-                sessionLogger.info("tunnel opened")
-            }
+            var metadata: Logger.Metadata = [
+                "compression": "\(upgrade.deflate?.summary ?? (self.configuration.compression.mode == .off ? "off" : "none (the client offered none we accept)"))",
+            ]
+            if let agent = head.headers["User-Agent"].first { metadata["user_agent"] = "\(agent)" }
+            sessionLogger.info("tunnel opened", metadata: metadata)
         })
     }
 
