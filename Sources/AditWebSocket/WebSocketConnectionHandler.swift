@@ -248,8 +248,9 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
     // MARK: Helpers
 
     private func fail(context: ChannelHandlerContext, code: WebSocketCloseCode, reason: String) {
-        context.fireErrorCaught(WebSocketProtocolError(code, reason))
+        // The close frame first: a handler above that closes on errors would otherwise close with 1000.
         perform(closing.closeRequested(code: code, reason: reason), context: context)
+        context.fireErrorCaught(WebSocketProtocolError(code, reason))
     }
 
     private func perform(_ action: WebSocketCloseStateMachine.Action, context: ChannelHandlerContext) {
