@@ -201,7 +201,8 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private func writeCompressed(context: ChannelHandlerContext, message: TunnelMessage, codec: PerMessageDeflateCodec,
                                  promise: EventLoopPromise<Void>?) {
         let headroom = WebSocketFrame.maxHeaderSize
-        var frame = context.channel.allocator.buffer(capacity: headroom + message.byteCount / 2 + 64)
+        // Room for zlib's worst case (stored blocks: about 5 bytes per 16 KiB), so the compressor never regrows it.
+        var frame = context.channel.allocator.buffer(capacity: headroom + message.byteCount + message.byteCount / 256 + 64)
         frame.moveWriterIndex(forwardBy: headroom)
         frame.moveReaderIndex(forwardBy: headroom)
         do {

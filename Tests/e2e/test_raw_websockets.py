@@ -246,3 +246,31 @@ def test_adit_raw_client_offers_follow_its_options(adit, echo_servers):
         for key, value in want.items():
             assert info.get(key) == value, f"{extra} against {server}: {key} = {info.get(key)}, expected {value}; {info}"
         proc.stop()
+
+
+@pytest.mark.deadline(30)
+def test_a_window_of_2_to_the_8_is_honoured_with_huffman_only_compression(adit, targets):
+    """zlib cannot compress with a 256-byte window; asked for one, the bridge compresses without
+    back-references, which the client's 2^8 inflater takes."""
+    echo = targets.echo()
+    server = adit.server([f"127.0.0.1:{echo.port}"],
+                         extra=["--raw", f"/echo=127.0.0.1:{echo.port}", "--compression", "always"])
+
+    async def run():
+        factory = ClientPerMessageDeflateFactory(server_max_window_bits=8)
+        async with connect(f"{server.url}/echo", extensions=[factory], compression=None, proxy=None,
+                           max_size=None) as ws:
+            assert ws.protocol.extensions[0].remote_max_window_bits == 8
+            for message in [far_repeats(1), log_corpus(5000), far_repeats(1), log_corpus(300_000, 4)]:
+                await ws.send(message)
+                got = bytearray()
+                while len(got) < len(message):
+                    got += await asyncio.wait_for(ws.recv(), 10)
+                assert bytes(got) == message
+
+    asyncio.run(run())
+    server.stop()
+    line = server.wait_for_log("raw bridge closed; compression:")
+    assert "Huffman only" in server.wait_for_log("raw bridge opened")
+    sent = int(line.split("sent ")[1].split(" compressed")[0])
+    assert sent >= 4, line

@@ -1,7 +1,7 @@
 /// What both sides agreed for permessage-deflate on one connection, from our point of view.
 public struct PerMessageDeflateAgreement: Sendable, Equatable {
-    /// Window bits our compressor may use; 8 means we send every message uncompressed, because zlib's raw
-    /// deflate cannot compress with a 256-byte window and RFC 7692 lets any message go uncompressed.
+    /// Window bits our compressor may use. zlib's raw deflate cannot compress with 8 (a 256-byte window), so 8
+    /// compresses with Huffman coding only, which uses no back-references and so honours any window.
     public var compressWindowBits: Int
     /// Window bits the peer's messages were compressed with (our inflater's window).
     public var decompressWindowBits: Int
@@ -17,8 +17,6 @@ public struct PerMessageDeflateAgreement: Sendable, Equatable {
         self.compressNoContextTakeover = compressNoContextTakeover
         self.decompressNoContextTakeover = decompressNoContextTakeover
     }
-
-    public var compressesAtAll: Bool { compressWindowBits >= 9 }
 }
 
 /// The server's wishes for permessage-deflate.
@@ -37,8 +35,8 @@ public struct PerMessageDeflatePolicy: Sendable, Equatable {
 public enum PerMessageDeflateNegotiation {
     /// The server's choice: the first `permessage-deflate` offer it can honour, the response to send and the
     /// resulting agreement; nil declines (no extension in the response). Offers with bad parameters are
-    /// declined one by one, as RFC 7692 §5 requires, and so is `server_max_window_bits=8`, which zlib cannot
-    /// compress with.
+    /// declined one by one, as RFC 7692 §5 requires. `server_max_window_bits=8` is accepted: we compress with
+    /// Huffman coding only then (see `PerMessageDeflateAgreement.compressWindowBits`).
     public static func accept(offers: [WebSocketExtensionOffer], policy: PerMessageDeflatePolicy)
         -> (response: PerMessageDeflateParameters, agreement: PerMessageDeflateAgreement)?
     {
@@ -48,7 +46,6 @@ public enum PerMessageDeflateNegotiation {
             // Our compressor's window.
             var serverBits = min(policy.serverMaxWindowBits, 15)
             if let limit = offered.serverMaxWindowBits {
-                guard limit >= 9 else { continue }
                 serverBits = min(serverBits, limit)
                 response.serverMaxWindowBits = serverBits
             } else if serverBits < 15 {
