@@ -3,8 +3,8 @@
 all on 127.0.0.1, in one run. See docs/benchmarks.md.
 
 Environment (all optional):
-  BENCH_ONLY     comma list of suites: throughput,connect,pingpong,saturated,idle
-                 (default: all)
+  BENCH_ONLY     comma list of suites: throughput,connect,pingpong,saturated,idle,
+                 compression (default: all)
   BENCH_PATHS    comma list of paths: direct,socat,ssh,adit (default: all;
                  adit is skipped, shown as "pending", if the binary is missing)
   BENCH_QUICK=1  short run (~1 min): shorter iperf3, fewer samples, 1,000 idle
@@ -14,12 +14,18 @@ Environment (all optional):
   BENCH_SSH_IDLE_MAX  cap on idle streams through ssh -L (default 1000; opening
                  10,000 ssh channels alone takes ~90 s)
   BENCH_MAX_SECS overall time budget; suites left when it runs out are skipped
-                 (default 330, quick 150)
+                 (default 330, quick 150; +180 / +75 when the compression
+                 suite is selected)
   BENCH_WAIT_QUIET=SECS  wait up to SECS for other CPU load to stop first
   BENCH_TPUT_ROUNDS  iperf3 rounds per path and test, median reported
                  (default 3 x 2 s after 1 s omitted; quick 1)
   BENCH_ROUNDS   connect/ping-pong samples are taken round-robin over the paths
                  in this many rounds and merged (default 5, quick 2)
+  BENCH_COMP_ROUNDS  compression suite: rounds per mode and payload, the modes
+                 taking turns; median reported (default 5, quick 2)
+  BENCH_CORPUS_MB  size of the JSON-log corpus in MiB (default 64, quick 16)
+  BENCH_SHAPED=0 skip the compression suite's 100 Mbit/s part (network
+                 namespaces + veth + tbf; needs root and ip/tc)
   ADIT_BIN       adit binary (default <repo>/.build/release/adit)
   ADIT_SERVER_ARGS / ADIT_CLIENT_ARGS  extra args (shell-split) for adit
   BENCH_OUT      results directory (default <repo>/bench/results)
@@ -49,7 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TOOL = os.path.join(HERE, "benchtool.py")
 HOST = "127.0.0.1"
-ALL_SUITES = ["throughput", "connect", "pingpong", "saturated", "idle"]
+ALL_SUITES = ["throughput", "connect", "pingpong", "saturated", "idle", "compression"]
+PATH_SUITES = ALL_SUITES[:5]     # the suites that run over direct/socat/ssh/adit paths
 ALL_PATHS = ["direct", "socat", "ssh", "adit"]
 LABEL = {"direct": "direct", "socat": "socat 2-hop", "ssh": "ssh -L", "adit": "adit"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -482,10 +489,10 @@ class Bench:
                          " ".join(shlex.quote(a) for a in argv_c)]
 
     # ---- measurement tools --------------------------------------------
-    def tool_json(self, args, timeout):
+    def tool_json(self, args, timeout, prefix=()):
         try:
-            r = subprocess.run([self.py, TOOL] + args, capture_output=True, text=True,
-                               timeout=timeout)
+            r = subprocess.run(list(prefix) + [self.py, TOOL] + args, capture_output=True,
+                               text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"error": "timeout after %ss" % timeout}
         try:
@@ -747,9 +754,10 @@ class Bench:
     # ---- main ----------------------------------------------------------
     def run(self):
         c = self.cfg
-        self.start_targets()
         paths = {}
-        for name in c.paths:
+        if any(s in PATH_SUITES for s in c.suites):
+            self.start_targets()
+        for name in (c.paths if any(s in PATH_SUITES for s in c.suites) else []):
             if name == "adit" and not c.adit_available:
                 continue
             try:
@@ -770,6 +778,11 @@ class Bench:
             if suite == "idle":
                 # the idle suite starts fresh tunnel instances of its own
                 self.suite_idle([n for n in c.idle_paths if n in paths])
+            elif suite == "compression":
+                # adit only, with tunnels of its own (see bench/compression.py)
+                sys.path.insert(0, HERE)
+                from compression import suite_compression
+                suite_compression(self, sys.modules[__name__])
             else:
                 getattr(self, "suite_" + suite)(paths)
             f = foreign_cpu_pct(m0)
@@ -902,6 +915,14 @@ def build_report(bench, cfg):
              "|---|" + "---:|" * len(paths)]
     for r in rows:
         table.append("| " + " | ".join(r) + " |")
+    if not any(s in PATH_SUITES for s in cfg.suites):
+        table = []
+    comp_targets = []
+    if "compression" in cfg.suites:
+        sys.path.insert(0, HERE)
+        from compression import report as compression_report
+        ctable, comp_targets = compression_report(bench, cfg)
+        table += ([""] if table else []) + [ctable]
 
     # targets
     def ratio(a, b):
@@ -944,6 +965,8 @@ def build_report(bench, cfg):
         target("idle", "RSS per idle stream, %s side (adit, N=%s)" % (side, maxn),
                A("idle", "adit", "kib_per_stream", maxn, side), "%.1f KiB", "< 10 KiB",
                lambda v: v < 10)
+    for name, value, vfmt, goal, ok in comp_targets:
+        target("compression", name, value, vfmt, goal, ok)
 
     ttable = ["| Target | Measured | Goal | Result |", "|---|---:|---|---|"]
     for t in tgt:
@@ -1049,17 +1072,19 @@ def parse_cfg(argv):
     if bad:
         ap.error("unknown path(s) %s; known: %s" % (bad, ALL_PATHS))
     c.adit_available = os.path.isfile(c.adit_bin) and os.access(c.adit_bin, os.X_OK)
+    if not c.only and "adit" not in c.paths:
+        c.suites.remove("compression")   # adit-only suite; bench-baselines stays as it was
     c.idle_paths = [p for p in c.idle_paths.split(",") if p in c.paths]
     if c.quick:
         c.iperf_secs, c.sat_secs = 2, 5
         c.connect_n, c.pingpong_n = 300, 2000
         c.idle_n = [1000]
-        c.max_secs = c.max_secs or 150
+        c.max_secs = c.max_secs or (150 + (75 if "compression" in c.suites else 0))
     else:
         c.iperf_secs, c.sat_secs = 2, 9
         c.connect_n, c.pingpong_n = 1000, 5000
         c.idle_n = [1000, 10000]
-        c.max_secs = c.max_secs or 330
+        c.max_secs = c.max_secs or (330 + (180 if "compression" in c.suites else 0))
     if c.idle_n_raw:
         c.idle_n = sorted({int(x) for x in c.idle_n_raw.split(",") if x.strip()})
     c.loop_limit = 10.0 if c.quick else 20.0
@@ -1069,6 +1094,12 @@ def parse_cfg(argv):
     c.wait_quiet = float(env("BENCH_WAIT_QUIET", "0") or 0)
     c.rounds = max(1, int(env("BENCH_ROUNDS", "2" if c.quick else "5")))
     c.tput_rounds = max(1, int(env("BENCH_TPUT_ROUNDS", "1" if c.quick else "3")))
+    # compression suite (bench/compression.py)
+    c.comp_rounds = max(1, int(env("BENCH_COMP_ROUNDS", "2" if c.quick else "5")))
+    c.comp_corpus_bytes = int(float(env("BENCH_CORPUS_MB", "16" if c.quick else "64")) * (1 << 20))
+    c.comp_random_bytes = (256 if c.quick else 1024) << 20   # cap per transfer
+    c.comp_random_secs = 1.5 if c.quick else 3.0             # and send-time cap
+    c.comp_shaped = env("BENCH_SHAPED", "1") not in ("0", "")
     return c
 
 
@@ -1104,9 +1135,10 @@ def main(argv=None):
     need = set()
     if "throughput" in cfg.suites or "saturated" in cfg.suites:
         need.add("iperf3")
-    if "socat" in cfg.paths:
+    path_suites = any(s in PATH_SUITES for s in cfg.suites)
+    if "socat" in cfg.paths and path_suites:
         need.add("socat")
-    if "ssh" in cfg.paths:
+    if "ssh" in cfg.paths and path_suites:
         need |= {"ssh", "sshd", "ssh-keygen"}
     if set(missing) & need:
         print("missing tools: %s (run bench/run.sh, which installs them with apt-get)" %

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Adit benchmark entry point. See docs/benchmarks.md.
-#   bench/run.sh                         full run (~4-5 min)
-#   BENCH_QUICK=1 bench/run.sh           quick run (~1-2 min)
+#   bench/run.sh                         full run (~5-6 min; the compression suite ~1 min of it)
+#   BENCH_QUICK=1 bench/run.sh           quick run (~1.5-2.5 min)
 #   BENCH_ONLY=throughput,pingpong BENCH_PATHS=direct,adit bench/run.sh
 # Extra arguments are passed to bench/run.py (try --help).
 set -euo pipefail

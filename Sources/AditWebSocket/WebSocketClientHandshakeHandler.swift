@@ -1,16 +1,20 @@
+import AditTransport
+import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
 
 /// Sends the upgrade request, judges the answer and, on a valid 101, calls `onUpgrade` to install the
-/// data-phase handlers before taking the HTTP handlers out. `upgraded` tells the dialler how it went.
+/// data-phase handlers and hands them the bytes that came after the 101 (the tunnel HELLO, or a first message
+/// and even a close), then leaves the pipeline — all in one go, so nothing the server sent is lost however
+/// quickly it closes. `upgraded` tells the dialler how it went.
 ///
-/// Install after `HTTPRequestEncoder` and `ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy:
-/// .forwardBytes))` (not `addHTTPClientHandlers`: its header validator would stay behind); the bytes the
-/// server sent right after its 101 (the tunnel HELLO) reach the new handlers.
+/// Works on raw bytes: add it to a bare connection (or right after a proxy's CONNECT). See
+/// `HTTPResponseHeadParser` for why it does not use NIO's HTTP decoder.
 public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
-    public typealias InboundIn = HTTPClientResponsePart
-    public typealias OutboundOut = HTTPClientRequestPart
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
 
     /// Installs the data phase; the agreement is nil when permessage-deflate was not negotiated.
     public typealias UpgradeCallback = (any Channel, PerMessageDeflateAgreement?) throws -> Void
@@ -19,10 +23,14 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
     private let key = WebSocketHandshake.makeKey()
     private let onUpgrade: UpgradeCallback
     private let upgraded: EventLoopPromise<Void>
-    private var response: HTTPResponseHead?
-    private var body = ""
+    private var parser = HTTPResponseHeadParser()
+    /// A refusal whose body we are still reading (for the reason), and the body so far.
+    private var refusal: HTTPResponseHead?
+    private var body = ByteBuffer()
     private var finished = false
     private var timer: Scheduled<Void>?
+    private var bodyTimer: Scheduled<Void>?
+    private var requestSent = false
 
     public init(configuration: WebSocketClientConfiguration, upgraded: EventLoopPromise<Void>,
                 onUpgrade: @escaping UpgradeCallback) {
@@ -46,49 +54,67 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
         context.fireChannelActive()
     }
 
-    private var requestSent = false
     private func sendRequest(context: ChannelHandlerContext) {
         guard !requestSent else { return }
         requestSent = true
         let head = WebSocketHandshake.requestHead(configuration: configuration, key: key)
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        var text = "GET \(head.uri) HTTP/1.1\r\n"
+        for (name, value) in head.headers { text += "\(name): \(value)\r\n" }
+        text += "\r\n"
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: text)), promise: nil)
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !finished else { return }
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            response = head
-        case .body(var buffer):
-            if body.utf8.count < 512 {
-                body += buffer.readString(length: min(buffer.readableBytes, 512 - body.utf8.count)) ?? ""
-            }
-        case .end:
-            guard let head = response else { return }
-            // The decoder ends a 101 at once; completing here keeps its `.end` away from the new handlers.
-            // Complete outside the decoder's decode loop: it defers its own removal until the loop ends and
-            // would hold back (and misread) the writes the new handlers make.
-            if head.status == .switchingProtocols {
-                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-                context.eventLoop.execute {
-                    let (handler, context) = bound.value
-                    handler.complete(context: context)
-                }
+        let bytes = unwrapInboundIn(data)
+        if refusal != nil {
+            collectBody(bytes, context: context)
+            return
+        }
+        do {
+            switch try parser.append(bytes) {
+            case .needMoreData:
                 return
+            case .head(let head, let rest):
+                if head.status == .switchingProtocols {
+                    complete(head, rest: rest, context: context)
+                } else {
+                    refusal = head
+                    // Wait briefly for the body: a line of a plain-text answer says why.
+                    let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                    bodyTimer = context.eventLoop.scheduleTask(in: .milliseconds(300)) {
+                        let (handler, context) = bound.value
+                        handler.refuse(context: context)
+                    }
+                    collectBody(rest, context: context)
+                }
             }
-            // A line of a plain-text answer says why; HTML is noise in a log line.
-            let isText = head.headers["Content-Type"].first?.lowercased().hasPrefix("text/plain") ?? false
-            var text = isText ? (body.split(whereSeparator: \.isNewline).first.map(String.init) ?? "") : ""
-            if (300..<400).contains(head.status.code), let location = head.headers["Location"].first {
-                text = "Location: \(location)"
-            }
-            fail(.unexpectedStatus(head.status.code, head.status.reasonPhrase, body: text), context: context)
+        } catch {
+            fail(error, context: context)
         }
     }
 
-    private func complete(context: ChannelHandlerContext) {
-        guard let head = response else { return }
+    private func collectBody(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        var bytes = bytes
+        if body.readableBytes < 512 { body.writeBuffer(&bytes) }
+        let expected = refusal?.headers["Content-Length"].first.flatMap { Int($0) } ?? Int.max
+        if body.readableBytes >= min(expected, 512) { refuse(context: context) }
+    }
+
+    private func refuse(context: ChannelHandlerContext) {
+        guard let head = refusal, !finished else { return }
+        bodyTimer?.cancel()
+        let text = String(decoding: body.readableBytesView.prefix(512), as: UTF8.self)
+        // A line of a plain-text answer says why; HTML is noise in a log line.
+        let isText = head.headers["Content-Type"].first?.lowercased().hasPrefix("text/plain") ?? false
+        var reason = isText ? (text.split(whereSeparator: \.isNewline).first.map(String.init) ?? "") : ""
+        if (300..<400).contains(head.status.code), let location = head.headers["Location"].first {
+            reason = "Location: \(location)"
+        }
+        fail(.unexpectedStatus(head.status.code, head.status.reasonPhrase, body: reason), context: context)
+    }
+
+    private func complete(_ head: HTTPResponseHead, rest: ByteBuffer, context: ChannelHandlerContext) {
         let agreement: PerMessageDeflateAgreement?
         do {
             agreement = try WebSocketHandshake.validate(response: head, key: key, configuration: configuration)
@@ -96,39 +122,44 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
             fail(error, context: context)
             return
         }
-        let onUpgrade = self.onUpgrade
         finished = true
         timer?.cancel()
-        let upgraded = self.upgraded
-        let channel = context.channel
-        UpgradeHandoff.perform(context: context, encoder: HTTPRequestEncoder.self,
-                               decoder: ByteToMessageHandler<HTTPResponseDecoder>.self) { channel in
-            try onUpgrade(channel, agreement)
+        do {
+            try onUpgrade(context.channel, agreement)
+        } catch {
+            upgraded.fail(error)
+            context.close(promise: nil)
+            return
         }
-            .whenComplete { result in
-                switch result {
-                case .success: upgraded.succeed(())
-                case .failure(let error):
-                    upgraded.fail(error)
-                    channel.close(promise: nil)
-                }
-            }
+        // The new handlers sit after this one: hand them what followed the 101, then step aside.
+        if rest.readableBytes > 0 {
+            context.fireChannelRead(wrapInboundOut(rest))
+            context.fireChannelReadComplete()
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        upgraded.succeed(())
     }
 
     private func fail(_ error: WebSocketUpgradeError, context: ChannelHandlerContext) {
         guard !finished else { return }
         finished = true
         timer?.cancel()
+        bodyTimer?.cancel()
         upgraded.fail(error)
         context.close(promise: nil)
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
         timer?.cancel()
+        bodyTimer?.cancel()
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
-        fail(.closedDuringHandshake, context: context)
+        if refusal != nil {
+            refuse(context: context)
+        } else {
+            fail(.closedDuringHandshake, context: context)
+        }
         context.fireChannelInactive()
     }
 
@@ -136,6 +167,7 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
         if !finished {
             finished = true
             timer?.cancel()
+            bodyTimer?.cancel()
             upgraded.fail(error)
         }
         context.close(promise: nil)

@@ -1,3 +1,4 @@
+import AditTransport
 import Logging
 import NIOCore
 import NIOHTTP1

@@ -189,7 +189,7 @@ struct CompressionOptions: ParsableArguments {
 
     @Option(name: .long, help: ArgumentHelp(
         "zlib compression level, 1 (fastest) to 9 (smallest). Example: --compression-level 1", valueName: "1-9"))
-    var compressionLevel: Int = 6
+    var compressionLevel: Int = 5
 
     @Option(name: .long, help: ArgumentHelp(
         "Largest LZ77 window, as a power of two (9-15), for both directions: our compressor uses at most this and asks the peer to. Smaller saves memory per connection (2^(bits+2) bytes for compressing). Example: --window-bits 12",

@@ -26,6 +26,19 @@ import Testing
         #expect(throws: ConfigurationError.self) { _ = try ForwardSpec.parse(text) }
     }
 
+    @Test func rawBridgeRoutes() throws {
+        let vnc = try RawBridgeRoute.parse("/vnc=127.0.0.1:5900")
+        #expect(vnc.path == "/vnc")
+        #expect(vnc.target == MuxTarget(hostText: "127.0.0.1", port: 5900))
+        let v6 = try RawBridgeRoute.parse("/a/b=[::1]:22")
+        #expect(v6.path == "/a/b" && v6.target.description == "[::1]:22")
+        let named = try RawBridgeRoute.parse("/db=db.internal:5432")
+        #expect(named.target == MuxTarget(hostText: "db.internal", port: 5432))
+        for bad in ["vnc=127.0.0.1:5900", "/vnc", "/vnc=127.0.0.1", "/vnc=127.0.0.1:0", "/v?x=1=h:1", "/vnc=h:99999"] {
+            #expect(throws: ConfigurationError.self, "\(bad)") { _ = try RawBridgeRoute.parse(bad) }
+        }
+    }
+
     @Test func tunnelURLs() throws {
         let a = try TunnelURL.parse("ws://gw.example:8080/tunnel")
         #expect(a.host == "gw.example" && a.port == 8080 && a.path == "/tunnel")

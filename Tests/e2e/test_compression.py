@@ -96,6 +96,7 @@ def test_window_bits_and_no_context_takeover_are_negotiated_and_logged(adit, tar
 # A hand-made client: bombs and stray RSV1 bits, which no real library sends.
 
 def handshake(port: int, path: str, protocol: str | None, extensions: str | None) -> tuple[socket.socket, str]:
+    """Opens a WebSocket by hand; bytes that came with the 101 are kept for `read_close_code`."""
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
@@ -110,9 +111,14 @@ def handshake(port: int, path: str, protocol: str | None, extensions: str | None
         chunk = s.recv(4096)
         assert chunk, f"closed during the handshake: {head!r}"
         head += chunk
-    text = head.split(b"\r\n\r\n")[0].decode()
+    raw_head, early = head.split(b"\r\n\r\n", 1)
+    text = raw_head.decode()
     assert text.startswith("HTTP/1.1 101"), text
+    EARLY[s.fileno()] = early
     return s, text
+
+
+EARLY: dict[int, bytes] = {}
 
 
 def masked_frame(payload: bytes, opcode: int = 2, rsv1: bool = False, fin: bool = True) -> bytes:
@@ -133,7 +139,7 @@ def masked_frame(payload: bytes, opcode: int = 2, rsv1: bool = False, fin: bool 
 def read_close_code(s: socket.socket, timeout: float = 10) -> int:
     """Reads frames until a close frame; returns its code."""
     s.settimeout(timeout)
-    buf = b""
+    buf = EARLY.pop(s.fileno(), b"")
     while True:
         while len(buf) < 2:
             chunk = s.recv(65536)

@@ -33,11 +33,8 @@ struct WebSocketDialer {
             .connectTimeout(connectTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(HTTPRequestEncoder())
-                    try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)))
-                    try sync.addHandler(WebSocketClientHandshakeHandler(configuration: webSocket, upgraded: upgraded,
-                                                                        onUpgrade: install))
+                    try channel.pipeline.syncOperations.addHandler(
+                        WebSocketClientHandshakeHandler(configuration: webSocket, upgraded: upgraded, onUpgrade: install))
                 }
             }
         return bootstrap.connect(host: url.host, port: url.port).flatMap { channel in

@@ -26,7 +26,7 @@ public struct TunnelChannelOptions: Sendable {
 
     func apply(toEndpoint bootstrap: ClientBootstrap) -> ClientBootstrap {
         bootstrap
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.maxMessagesPerRead, value: readsPerEvent)
@@ -38,7 +38,7 @@ public struct TunnelChannelOptions: Sendable {
         bootstrap
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1024)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.autoRead, value: false)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.maxMessagesPerRead, value: readsPerEvent)
@@ -53,7 +53,7 @@ public struct TunnelChannelOptions: Sendable {
                 .channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(size))
         }
         return bootstrap
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10,
                                                                                    maximum: tunnelReadBufferMax))
             .channelOption(.writeBufferWaterMark, value: .init(low: tunnelWriteLowWater, high: tunnelWriteHighWater))
@@ -70,7 +70,7 @@ public struct TunnelChannelOptions: Sendable {
         return bootstrap
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 256)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10,
                                                                                         maximum: tunnelReadBufferMax))
             .childChannelOption(.writeBufferWaterMark, value: .init(low: tunnelWriteLowWater, high: tunnelWriteHighWater))

@@ -12,7 +12,7 @@ public enum CompressionMode: String, Sendable, CaseIterable {
 public struct CompressionSettings: Sendable, Equatable {
     public var mode: CompressionMode = .auto
     /// zlib level, 1 (fastest) to 9 (smallest).
-    public var level = 6
+    public var level = 5
     /// Largest LZ77 window (9–15) either side may use; smaller windows cost less memory and compress less.
     public var windowBits = 15
     /// Ask both sides to forget their history after every message: less memory kept per connection, worse ratio.

@@ -1,16 +1,17 @@
 import NIOCore
 
-/// Swaps the HTTP handlers of a connection for the WebSocket ones without losing or misrouting a byte.
+/// Swaps the HTTP handlers of a connection for the next protocol's (WebSocket after a 101, TLS or the upgrade
+/// after a proxy's CONNECT) without losing or misrouting a byte.
 ///
 /// The HTTP decoder may already hold bytes the peer sent right after the handshake (the tunnel HELLO arrives
 /// in the same segment as the 101). Removing the decoder forwards them; and the new handlers start writing as
 /// soon as they are added — which must not pass through the HTTP encoder or the write-observing response
 /// decoder. So: drop the encoder, park the decoder's leftovers in a collector, add the new handlers after it,
 /// then remove the collector, which replays the parked bytes to them.
-enum UpgradeHandoff {
+public enum UpgradeHandoff {
     /// Completes once the new handlers are in place. `ByteToMessageHandler` leaves the pipeline one loop tick
     /// after it is asked to, so the new handlers go in only then.
-    static func perform<Encoder: ChannelHandler & RemovableChannelHandler, Decoder: ChannelHandler & RemovableChannelHandler>(
+    public static func perform<Encoder: ChannelHandler & RemovableChannelHandler, Decoder: ChannelHandler & RemovableChannelHandler>(
         context: ChannelHandlerContext, encoder: Encoder.Type, decoder: Decoder.Type,
         install: @escaping (any Channel) throws -> Void
     ) -> EventLoopFuture<Void> {
