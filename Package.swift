@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "adit", targets: ["adit"]),
         .library(name: "AditMux", targets: ["AditMux"]),
         .library(name: "AditWebSocket", targets: ["AditWebSocket"]),
+        .library(name: "AditProxy", targets: ["AditProxy"]),
         .library(name: "AditGateway", targets: ["AditGateway"]),
     ],
     dependencies: [
@@ -27,7 +28,10 @@ let package = Package(
         // The message type passed between the multiplexer and the transport, without copies.
         .target(
             name: "AditTransport",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         // Wire format, stream state machine, flow control and the fair scheduler of the multiplexer.
@@ -58,12 +62,24 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Reaching the server through proxies: HTTP CONNECT with Basic, Digest, NTLM and Negotiate.
+        .target(
+            name: "AditProxy",
+            dependencies: [
+                "AditTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Client and server sessions: dialling, listeners, target policy, the demo.
         .target(
             name: "AditGateway",
             dependencies: [
                 "AditMux",
                 "AditWebSocket",
+                "AditProxy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -104,6 +120,15 @@ let package = Package(
                 "AditTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AditProxyTests",
+            dependencies: [
+                "AditProxy",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

@@ -71,26 +71,29 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
             collectBody(bytes, context: context)
             return
         }
+        let parsed: HTTPResponseHeadParser.Result
         do {
-            switch try parser.append(bytes) {
-            case .needMoreData:
-                return
-            case .head(let head, let rest):
-                if head.status == .switchingProtocols {
-                    complete(head, rest: rest, context: context)
-                } else {
-                    refusal = head
-                    // Wait briefly for the body: a line of a plain-text answer says why.
-                    let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-                    bodyTimer = context.eventLoop.scheduleTask(in: .milliseconds(300)) {
-                        let (handler, context) = bound.value
-                        handler.refuse(context: context)
-                    }
-                    collectBody(rest, context: context)
-                }
-            }
+            parsed = try parser.append(bytes)
         } catch {
-            fail(error, context: context)
+            fail(.invalidResponse("the answer is not HTTP (\(error))"), context: context)
+            return
+        }
+        switch parsed {
+        case .needMoreData:
+            return
+        case .head(let head, let rest):
+            if head.status == .switchingProtocols {
+                complete(head, rest: rest, context: context)
+            } else {
+                refusal = head
+                // Wait briefly for the body: a line of a plain-text answer says why.
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                bodyTimer = context.eventLoop.scheduleTask(in: .milliseconds(300)) {
+                    let (handler, context) = bound.value
+                    handler.refuse(context: context)
+                }
+                collectBody(rest, context: context)
+            }
         }
     }
 

@@ -47,6 +47,31 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Seconds to wait for the server's TCP connection and for the WebSocket upgrade. Example: --connect-timeout 20", valueName: "seconds"))
     var connectTimeout: Int = 10
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Reach the server through this proxy: http://[USER@]HOST:PORT (CONNECT, with Basic, Digest, NTLM or Negotiate as the proxy asks), socks5://HOST:PORT (names resolved here) or socks5h://HOST:PORT (resolved by the proxy). Without it, http_proxy/HTTP_PROXY (ws://), https_proxy/HTTPS_PROXY (wss://), all_proxy/ALL_PROXY and no_proxy/NO_PROXY are honoured as curl does. Example: --proxy http://proxy.corp:3128",
+        valueName: "url"))
+    var proxy: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "User for the proxy (DOMAIN\\user for NTLM). The password comes from --proxy-password-file or ADIT_PROXY_PASSWORD, so that it is not visible in ps. Example: --proxy-user alice",
+        valueName: "user"))
+    var proxyUser: String?
+
+    @Option(name: .long, help: ArgumentHelp("File whose first line is the proxy password. Example: --proxy-password-file ~/.config/adit/proxy-pass",
+                                            valueName: "file"))
+    var proxyPasswordFile: String?
+
+    @Flag(name: .long, help: ArgumentHelp("Connect directly, ignoring --proxy and the proxy environment variables."))
+    var noProxy = false
+
+    @Option(name: .long, help: ArgumentHelp("Extra header for the proxy's CONNECT request, 'Name: value' (repeatable). Example: --proxy-header 'X-Client: adit'",
+                                            valueName: "header"))
+    var proxyHeader: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("User-Agent for the CONNECT request and the WebSocket upgrade (some proxies pass only browser-like agents). Example: --user-agent 'Mozilla/5.0'",
+                                            valueName: "agent"))
+    var userAgent: String?
+
     @OptionGroup var tunnel: TunnelOptions
     @OptionGroup var compression: CompressionOptions
     @OptionGroup var metricsOptions: MetricsOptions
@@ -64,6 +89,8 @@ struct ClientCommand: AsyncParsableCommand {
                 for f in forwards { _ = try ForwardSpec.parse(f) }
             }
             _ = try parsedHeaders()
+            _ = try parsedHeaders(proxyHeader, flag: "--proxy-header")
+            _ = try proxyRoute()
         } catch let error as ConfigurationError {
             throw ValidationError(error.message)
         }
@@ -84,16 +111,26 @@ struct ClientCommand: AsyncParsableCommand {
         }
     }
 
+    func proxyRoute() throws -> (ProxyRoute?, String) {
+        try ProxyRoute.resolve(proxy: proxy, noProxy: noProxy, user: proxyUser, passwordFile: proxyPasswordFile,
+                               connectHeaders: try parsedHeaders(proxyHeader, flag: "--proxy-header"),
+                               server: try TunnelURL.parse(url), environment: ProcessInfo.processInfo.environment)
+    }
+
     func parsedHeaders() throws -> [(String, String)] {
-        try header.map { line in
+        try parsedHeaders(header, flag: "-H")
+    }
+
+    func parsedHeaders(_ lines: [String], flag: String) throws -> [(String, String)] {
+        try lines.map { line in
             guard let colon = line.firstIndex(of: ":"), colon != line.startIndex else {
-                throw ConfigurationError("-H '\(line)' must be 'Name: value'")
+                throw ConfigurationError("\(flag) '\(line)' must be 'Name: value'")
             }
             let name = String(line[..<colon]).trimmingCharacters(in: .whitespaces)
             let value = String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
             guard name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: ":") }),
                 !value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A })
-            else { throw ConfigurationError("-H '\(line)' has characters not allowed in an HTTP header") }
+            else { throw ConfigurationError("\(flag) '\(line)' has characters not allowed in an HTTP header") }
             return (name, value)
         }
     }
@@ -106,6 +143,14 @@ struct ClientCommand: AsyncParsableCommand {
                                               forwards: raw ? [] : try forwards.map(ForwardSpec.parse))
         if raw { config.rawListeners = try forwards.map(parseRawListener) }
         config.compression = compression.settings
+        let (route, why) = try proxyRoute()
+        config.proxy = route
+        config.userAgent = userAgent
+        if let route {
+            logger.notice("reaching \(config.url) through the proxy \(route.url) (\(why))")
+        } else if why != "no proxy configured" {
+            logger.notice("connecting to \(config.url) directly (\(why))")
+        }
         config.rawMaxMessageSize = compression.rawMaxMessageSize
         config.extraHeaders = try parsedHeaders()
         config.hostHeader = hostHeader

@@ -183,13 +183,14 @@ class Adit:
         self.counter = 0
         node.stash[PROCS_KEY] = self.procs
 
-    def _start(self, kind: str, args: list[str], log_level_arg: bool = True) -> H.AditProcess:
+    def _start(self, kind: str, args: list[str], log_level_arg: bool = True,
+               env: dict[str, str] | None = None) -> H.AditProcess:
         self.counter += 1
         name = f"adit-{kind}-{self.counter}"
         argv = [self.bin, kind, *args]
         if log_level_arg and log_level():
             argv += ["--log-level", log_level()]
-        proc = H.AditProcess(name, argv, self.tmp / f"{name}.log")
+        proc = H.AditProcess(name, argv, self.tmp / f"{name}.log", env=env)
         self.procs.append(proc)
         return proc.start()
 
@@ -207,12 +208,12 @@ class Adit:
         return proc
 
     def client(self, url: str, forwards: list[tuple[int, str, int]], wait: bool = True,
-               extra: list[str] = ()) -> H.AditProcess:
+               extra: list[str] = (), env: dict[str, str] | None = None) -> H.AditProcess:
         args = [url]
         for lport, host, hport in forwards:
             h = f"[{host}]" if ":" in host else host
             args += ["-L", f"127.0.0.1:{lport}:{h}:{hport}"]
-        proc = self._start("client", args + list(extra))
+        proc = self._start("client", args + list(extra), env=env)
         if wait:
             for lport, _, _ in forwards:   # no test connect: it would open a stream
                 H.wait_for_port(lport, timeout=10, proc=proc, connect=False)

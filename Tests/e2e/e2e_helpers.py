@@ -164,9 +164,10 @@ def read_rss_kib(pid: int) -> int | None:
 class AditProcess:
     """One adit process; stdout and stderr go to one log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path):
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
         self.name = name
         self.argv = list(argv)
+        self.env = env or {}
         self.log_path = Path(log_path)
         self.popen: subprocess.Popen | None = None
         self.killed_by_us = False
@@ -181,7 +182,7 @@ class AditProcess:
             log.flush()
             self.popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=_child_env())
+                start_new_session=True, env={**_child_env(), **self.env})
         with _live_lock:
             _live_procs[self.popen.pid] = self
         return self

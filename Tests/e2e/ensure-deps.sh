@@ -1,6 +1,7 @@
 #!/bin/sh
 # Make sure the build and the tests have what they need: zlib's headers (permessage-deflate), python3 with
-# pytest and websockets, and the foreign WebSocket peers the tests run (chromium, websockify).
+# pytest and websockets, the foreign WebSocket peers the tests run (chromium, websockify) and the proxies
+# (squid, tinyproxy, htpasswd from apache2-utils).
 # Idempotent; a no-op (a few checks) when everything is present.
 # Usage: Tests/e2e/ensure-deps.sh        (PYTHON=... to pick the interpreter)
 set -eu
@@ -19,6 +20,9 @@ missing=""
 [ -f /usr/include/zlib.h ] || missing="$missing zlib1g-dev"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v websockify >/dev/null 2>&1 || missing="$missing websockify"
+command -v squid >/dev/null 2>&1 || [ -x /usr/sbin/squid ] || missing="$missing squid"
+command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || missing="$missing tinyproxy"
+command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
 command -v "$PY" >/dev/null 2>&1 || missing="$missing python3 python3-pip"
 if [ -n "$missing" ]; then
     echo "ensure-deps: installing$missing" >&2

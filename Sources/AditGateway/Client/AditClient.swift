@@ -30,6 +30,10 @@ public final class AditClient: Service, @unchecked Sendable {
         public var rawListeners: [HostPort] = []
         /// Largest message accepted on a raw WebSocket (after inflating).
         public var rawMaxMessageSize = 16 << 20
+        /// The proxy between us and the server; nil goes direct.
+        public var proxy: ProxyRoute?
+        /// `User-Agent` of the upgrade request and of CONNECT.
+        public var userAgent: String?
 
         public init(url: TunnelURL, forwards: [ForwardSpec]) {
             self.url = url
@@ -41,6 +45,8 @@ public final class AditClient: Service, @unchecked Sendable {
             var dialer = WebSocketDialer(url: url, hostHeader: hostHeader, origin: origin, extraHeaders: extraHeaders,
                                          compression: compression, channelOptions: channelOptions,
                                          connectTimeout: connectTimeout)
+            dialer.proxy = proxy
+            dialer.userAgent = userAgent
             if !rawListeners.isEmpty {
                 // As websockify expects: `binary` alone (it only accepts it as the first token), or none back.
                 dialer.webSocket.subprotocols = ["binary"]

@@ -130,7 +130,7 @@ final class TunnelManager: MuxSessionDelegate {
             let manager = bound.value
             if case .failure(let error) = result {
                 manager.connecting = false
-                manager.dialFailed(describeConnectError(error, url: config.url))
+                manager.dialFailed(config.dialer.describe(error))
             }
             // Success continues in muxSessionDidBecomeReady, when the server's HELLO arrives.
         }
@@ -237,16 +237,16 @@ func seconds(_ t: TimeAmount) -> String {
 }
 
 /// One sentence for why dialling the server failed.
-func describeConnectError(_ error: any Error, url: TunnelURL) -> String {
+func describeConnectError(_ error: any Error, url: TunnelURL, what: String = "adit server") -> String {
     if let connection = error as? NIOConnectionError {
         if connection.connectionErrors.isEmpty {
             return "\(url.host) did not resolve"
         }
-        return connection.connectionErrors.map { describeConnectError($0.error, url: url) }.first ?? "\(error)"
+        return connection.connectionErrors.map { describeConnectError($0.error, url: url, what: what) }.first ?? "\(error)"
     }
     if let io = error as? IOError {
         switch io.errnoCode {
-        case ECONNREFUSED: return "connection refused (is adit server running on \(url.host):\(url.port)?)"
+        case ECONNREFUSED: return "connection refused (is \(what) running on \(url.host):\(url.port)?)"
         case ENETUNREACH, EHOSTUNREACH: return "network unreachable"
         case ETIMEDOUT: return "connection timed out"
         default: return "\(io)"

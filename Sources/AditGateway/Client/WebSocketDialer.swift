@@ -1,3 +1,5 @@
+import AditMux
+import AditProxy
 import AditWebSocket
 import NIOCore
 import NIOHTTP1
@@ -10,6 +12,10 @@ struct WebSocketDialer {
     var webSocket: WebSocketClientConfiguration
     var channelOptions: TunnelChannelOptions
     var connectTimeout: TimeAmount
+    /// Nil: straight to the server.
+    var proxy: ProxyRoute?
+    /// For the CONNECT request too (some proxies pass only browser-like agents).
+    var userAgent: String?
 
     init(url: TunnelURL, hostHeader: String?, origin: String?, extraHeaders: [(String, String)],
          compression: CompressionSettings, channelOptions: TunnelChannelOptions, connectTimeout: TimeAmount) {
@@ -24,25 +30,156 @@ struct WebSocketDialer {
         self.connectTimeout = connectTimeout
     }
 
-    /// Succeeds once the handshake is done and `install` ran; fails with a sentence-ready error otherwise.
+    /// Succeeds once the handshake is done and `install` ran; fails with a sentence-ready error otherwise
+    /// (`describe(_:)` turns it into the sentence).
     func dial(on eventLoop: any EventLoop,
               install: @escaping (any Channel, PerMessageDeflateAgreement?) throws -> Void) -> EventLoopFuture<any Channel> {
         let upgraded = eventLoop.makePromise(of: Void.self)
-        let webSocket = self.webSocket
-        let bootstrap = channelOptions.apply(toTunnel: ClientBootstrap(group: eventLoop))
-            .connectTimeout(connectTimeout)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        WebSocketClientHandshakeHandler(configuration: webSocket, upgraded: upgraded, onUpgrade: install))
-                }
-            }
-        return bootstrap.connect(host: url.host, port: url.port).flatMap { channel in
+        var webSocket = self.webSocket
+        if let userAgent, !webSocket.extraHeaders.contains(where: { $0.0.lowercased() == "user-agent" }) {
+            webSocket.extraHeaders.append(("User-Agent", userAgent))
+        }
+        // Every connection of this dial lives on `eventLoop`, where the loop-bound closure may be called.
+        let upgrade = NIOLoopBound({ [webSocket] (channel: any Channel) throws -> Void in
+            try channel.pipeline.syncOperations.addHandler(
+                WebSocketClientHandshakeHandler(configuration: webSocket, upgraded: upgraded, onUpgrade: install))
+        }, eventLoop: eventLoop)
+        let dialled: EventLoopFuture<any Channel>
+        switch proxy?.url.kind {
+        case nil:
+            dialled = bootstrap(on: eventLoop) { channel in try upgrade.value(channel) }
+                .connect(host: url.host, port: url.port)
+        case .http, .https:
+            let machine = ProxyConnectStateMachine(target: authority, credentials: proxy!.credentials,
+                                                   extraHeaders: connectHeaders)
+            dialled = dialHTTPProxy(machine, attempt: 1, on: eventLoop, upgrade: upgrade)
+        case .socks5, .socks5h:
+            dialled = dialSOCKS5(on: eventLoop, upgrade: upgrade)
+        }
+        let proxy = self.proxy
+        return dialled.flatMap { channel in
             upgraded.futureResult.map { channel }
         }.flatMapErrorThrowing { error in
             upgraded.fail(error)  // no-op when already completed
+            if let proxy, !(error is WebSocketUpgradeError) { throw ProxyDialError(proxy: proxy.url, underlying: error) }
             throw error
         }
+    }
+
+    /// host:port of the server, as CONNECT and Digest want it.
+    var authority: String {
+        (url.host.contains(":") ? "[\(url.host)]" : url.host) + ":\(url.port)"
+    }
+
+    private var connectHeaders: [(String, String)] {
+        var headers = proxy?.connectHeaders ?? []
+        if let userAgent, !headers.contains(where: { $0.0.lowercased() == "user-agent" }) {
+            headers.append(("User-Agent", userAgent))
+        }
+        return headers
+    }
+
+    private func bootstrap(on eventLoop: any EventLoop, initializer: @escaping @Sendable (any Channel) throws -> Void) -> ClientBootstrap {
+        channelOptions.apply(toTunnel: ClientBootstrap(group: eventLoop))
+            .connectTimeout(connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try initializer(channel) }
+            }
+    }
+
+    /// One connection to the proxy per attempt: proxies that close after a 407 (tinyproxy) get a new one.
+    private func dialHTTPProxy(_ machine: ProxyConnectStateMachine, attempt: Int, on eventLoop: any EventLoop,
+                               upgrade: NIOLoopBound<(any Channel) throws -> Void>) -> EventLoopFuture<any Channel> {
+        let proxy = self.proxy!
+        let outcome = eventLoop.makePromise(of: ProxyConnectHandler.Outcome.self)
+        let timeout = connectTimeout
+        let connected = bootstrap(on: eventLoop) { channel in
+            try channel.pipeline.syncOperations.addHandler(
+                ProxyConnectHandler(machine: machine, timeout: timeout, done: outcome, install: upgrade.value))
+        }.connect(host: proxy.url.host, port: proxy.url.port)
+        connected.whenFailure { outcome.fail($0) }
+        return connected.flatMap { channel in
+            outcome.futureResult.flatMap { result in
+                switch result {
+                case .established:
+                    return eventLoop.makeSucceededFuture(channel)
+                case .reconnect(let next):
+                    channel.close(promise: nil)
+                    guard attempt < 6 else {
+                        return eventLoop.makeFailedFuture(ProxyConnectError.tooManyRounds(attempt))
+                    }
+                    return self.dialHTTPProxy(next, attempt: attempt + 1, on: eventLoop, upgrade: upgrade)
+                }
+            }
+        }
+    }
+
+    private func dialSOCKS5(on eventLoop: any EventLoop,
+                            upgrade: NIOLoopBound<(any Channel) throws -> Void>) -> EventLoopFuture<any Channel> {
+        let proxy = self.proxy!
+        let host = url.host, port = url.port
+        let destination: EventLoopFuture<SOCKS5StateMachine.Destination>
+        let literal = MuxTarget(hostText: host, port: UInt16(port)).host
+        switch literal {
+        case .ipv4, .ipv6:
+            destination = eventLoop.makeSucceededFuture(Self.destination(literal, port: port))
+        case .name(let name):
+            if proxy.url.kind == .socks5h {
+                destination = eventLoop.makeSucceededFuture(.name(name, port: port))
+            } else {
+                // socks5://: the name is resolved here and the proxy gets an address.
+                destination = NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
+                    let address = try SocketAddress.makeAddressResolvingHost(name, port: port)
+                    return Self.destination(MuxTarget(hostText: address.ipAddress ?? name, port: UInt16(port)).host,
+                                            port: port)
+                }
+            }
+        }
+        let timeout = connectTimeout
+        let credentials = proxy.credentials
+        let options = channelOptions
+        let connectTimeout = self.connectTimeout
+        return destination.flatMap { destination in
+            let done = eventLoop.makePromise(of: Void.self)
+            let machine = SOCKS5StateMachine(destination: destination, credentials: credentials)
+            let connected = options.apply(toTunnel: ClientBootstrap(group: eventLoop))
+                .connectTimeout(connectTimeout)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            SOCKS5Handler(machine: machine, timeout: timeout, done: done, install: upgrade.value))
+                    }
+                }
+                .connect(host: proxy.url.host, port: proxy.url.port)
+            connected.whenFailure { done.fail($0) }
+            return connected.flatMap { channel in done.futureResult.map { channel } }
+        }
+    }
+
+    private static func destination(_ host: MuxTarget.Host, port: Int) -> SOCKS5StateMachine.Destination {
+        switch host {
+        case .ipv4(let v):
+            return .ipv4([UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)], port: port)
+        case .ipv6(let bytes):
+            return .ipv6(bytes, port: port)
+        case .name(let name):
+            return .name(name, port: port)
+        }
+    }
+
+    /// One sentence for a failed dial.
+    func describe(_ error: any Error) -> String {
+        if let proxyError = error as? ProxyDialError {
+            let inner = proxyError.underlying
+            if inner is ProxyConnectError || inner is SOCKS5Error || inner is SOCKS5TimeoutError
+                || inner is SOCKS5ClosedError
+            {
+                return "through the proxy \(proxyError.proxy): \(inner)"
+            }
+            let proxyURL = TunnelURL(secure: false, host: proxyError.proxy.host, port: proxyError.proxy.port, path: "/")
+            return "cannot reach the proxy \(proxyError.proxy): \(describeConnectError(inner, url: proxyURL, what: "the proxy"))"
+        }
+        return describeConnectError(error, url: url, what: webSocket.requiresSubprotocol ? "adit server" : "a WebSocket server")
     }
 }
 

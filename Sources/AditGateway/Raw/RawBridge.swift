@@ -85,7 +85,7 @@ enum RawBridge {
                 // The WebSocket may already have gone (a server that closes at once); then so does the local side.
                 _ = try? local.syncOptions?.setOption(.autoRead, value: true)
             case .failure(let error):
-                logger.warning("cannot open a WebSocket to \(dialer.url) for a local connection: \(describeConnectError(error, url: dialer.url))")
+                logger.warning("cannot open a WebSocket to \(dialer.url) for a local connection: \(dialer.describe(error))")
                 local.close(promise: nil)
             }
         }
