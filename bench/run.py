@@ -4,7 +4,7 @@ all on 127.0.0.1, in one run. See docs/benchmarks.md.
 
 Environment (all optional):
   BENCH_ONLY     comma list of suites: throughput,connect,pingpong,saturated,idle,
-                 compression (default: all)
+                 tls,compression (default: all)
   BENCH_PATHS    comma list of paths: direct,socat,ssh,adit (default: all;
                  adit is skipped, shown as "pending", if the binary is missing)
   BENCH_QUICK=1  short run (~1 min): shorter iperf3, fewer samples, 1,000 idle
@@ -15,12 +15,15 @@ Environment (all optional):
                  10,000 ssh channels alone takes ~90 s)
   BENCH_MAX_SECS overall time budget; suites left when it runs out are skipped
                  (default 330, quick 150; +180 / +75 when the compression
-                 suite is selected)
+                 suite is selected, +120 / +50 for the tls suite)
   BENCH_WAIT_QUIET=SECS  wait up to SECS for other CPU load to stop first
   BENCH_TPUT_ROUNDS  iperf3 rounds per path and test, median reported
                  (default 3 x 2 s after 1 s omitted; quick 1)
   BENCH_ROUNDS   connect/ping-pong samples are taken round-robin over the paths
                  in this many rounds and merged (default 5, quick 2)
+  BENCH_TLS_ROUNDS  tls suite: iperf3 rounds per path (adit ws://, wss://,
+                 wss:// through squid, ssh -L), the paths taking turns; median
+                 reported (default 5, quick 2)
   BENCH_COMP_ROUNDS  compression suite: rounds per mode and payload, the modes
                  taking turns; median reported (default 5, quick 2)
   BENCH_CORPUS_MB  size of the JSON-log corpus in MiB (default 64, quick 16)
@@ -55,7 +58,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TOOL = os.path.join(HERE, "benchtool.py")
 HOST = "127.0.0.1"
-ALL_SUITES = ["throughput", "connect", "pingpong", "saturated", "idle", "compression"]
+ALL_SUITES = ["throughput", "connect", "pingpong", "saturated", "idle", "tls", "compression"]
 PATH_SUITES = ALL_SUITES[:5]     # the suites that run over direct/socat/ssh/adit paths
 ALL_PATHS = ["direct", "socat", "ssh", "adit"]
 LABEL = {"direct": "direct", "socat": "socat 2-hop", "ssh": "ssh -L", "adit": "adit"}
@@ -160,11 +163,15 @@ class Procs:
         self.tmp = tmp
         self.items = []   # (name, Popen)
 
-    def start(self, name, argv, stdin=None, stdout=None, log_name=None):
+    def start(self, name, argv, stdin=None, stdout=None, log_name=None,
+              stop_signal=signal.SIGTERM):
+        """stop_signal: what stop() sends first (SIGKILL for processes whose
+        orderly shutdown is slow and not needed, e.g. squid)."""
         logf = open(os.path.join(self.tmp, (log_name or name) + ".log"), "ab")
         p = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=logf,
                              start_new_session=True, close_fds=True)
         logf.close()
+        p.stop_signal = stop_signal
         self.items.append((name, p))
         return p
 
@@ -184,7 +191,7 @@ class Procs:
                 snap.append((q, st[1]))
         if p.poll() is None:
             try:
-                os.kill(p.pid, signal.SIGTERM)
+                os.kill(p.pid, getattr(p, "stop_signal", signal.SIGTERM))
             except ProcessLookupError:
                 pass
             try:
@@ -329,6 +336,7 @@ class Bench:
         self.commands = {}
         self.foreign = {}
         self.failed = False
+        self.cleanups = []   # callables run by cleanup() before stopping every process
 
     def remaining(self):
         return self.cfg.max_secs - (time.monotonic() - self.started)
@@ -359,10 +367,10 @@ class Bench:
         return {"echo": self.echo_port, "iperf": self.iperf_port}
 
     # ---- path setup ----------------------------------------------------
-    def start_path(self, name, tag=""):
+    def start_path(self, name, tag="", **kw):
         fn = getattr(self, "_start_" + name)
         path = Path(name)
-        fn(path, tag)
+        fn(path, tag, **kw)
         for tname, port in path.ports.items():
             if tname == "echo" and not wait_echo(port, 20, path.procs):
                 raise RuntimeError("%s: no echo through %s" % (name, port))
@@ -463,21 +471,22 @@ class Bench:
         path.relay_pids = [pc.pid, pd.pid]
         path.commands = [" ".join(argv_d), " ".join(argv_c)]
 
-    def _start_adit(self, path, tag):
+    def _start_adit(self, path, tag, scheme="ws", server_args=(), client_args=()):
+        """scheme ws or wss (then server_args/client_args carry the TLS flags)."""
         binp = self.cfg.adit_bin
         sport = free_port()
         argv_s = [binp, "server", "--listen", "%s:%d" % (HOST, sport), "--allow", "*:*"]
-        argv_s += shlex.split(os.environ.get("ADIT_SERVER_ARGS", ""))
+        argv_s += list(server_args) + shlex.split(os.environ.get("ADIT_SERVER_ARGS", ""))
         ps = self.procs.start("adit-server" + tag, argv_s)
         path.procs.append(ps)
         if not wait_port(sport, 15, ps):
             raise RuntimeError("adit server did not listen: " + self.procs.log_tail("adit-server" + tag))
-        argv_c = [binp, "client", "ws://%s:%d/" % (HOST, sport)]
+        argv_c = [binp, "client", "%s://%s:%d/" % (scheme, HOST, sport)]
         for tname, tport in self.targets().items():
             lp = free_port()
             argv_c += ["-L", "%s:%d:%s:%d" % (HOST, lp, HOST, tport)]
             path.ports[tname] = lp
-        argv_c += shlex.split(os.environ.get("ADIT_CLIENT_ARGS", ""))
+        argv_c += list(client_args) + shlex.split(os.environ.get("ADIT_CLIENT_ARGS", ""))
         pc = self.procs.start("adit-client" + tag, argv_c)
         path.procs.append(pc)
         if not wait_port(path.ports["echo"], 15, pc):
@@ -563,26 +572,12 @@ class Bench:
         for name in paths:
             out[name] = {}
             for key, _, _ in tests:
-                rs = runs[(name, key)]
-                good = sorted((r for r in rs if "gbps" in r), key=lambda r: r["gbps"])
-                if not good:
-                    out[name][key] = {"error": (rs[0].get("error") if rs else
-                                                "skipped: time budget")}
-                    continue
-                med = dict(good[(len(good) - 1) // 2])   # lower median
-                med["rounds_gbps"] = [round(r.get("gbps", 0), 3) for r in rs]
-                med["rounds_relay_cpu_pct"] = [round(r["relay_cpu_pct"], 1)
-                                               for r in rs if "relay_cpu_pct" in r]
-                med["errors"] = len(rs) - len(good)
-                eff = sorted(r["gbps"] / (r["relay_cpu_pct"] / 100.0) for r in good
-                             if r.get("relay_cpu_pct"))
-                if eff:
-                    med["gbps_per_relay_core"] = eff[(len(eff) - 1) // 2]
-                out[name][key] = med
+                out[name][key] = tput_summary(runs[(name, key)])
 
-    def rounds(self, suite, paths, argv_for, total, limit):
+    def rounds(self, suite, paths, argv_for, total, limit, out=None):
         """Run the tool round-robin over the paths in c.rounds rounds (so slow
-        drifts of the machine's state hit every path alike), merge samples."""
+        drifts of the machine's state hit every path alike), merge samples.
+        Results go to out[name] (default self.results[suite][name])."""
         c = self.cfg
         per = max(1, total // c.rounds)
         merged = {name: {"samples": [], "errors": 0, "first_error": None, "timed_out": False}
@@ -602,7 +597,7 @@ class Bench:
         for name in paths:
             m = merged[name]
             r = summarize(m.pop("samples"), dict(m, requested=per * c.rounds, rounds=c.rounds))
-            self.results[suite][name] = r
+            (self.results[suite] if out is None else out)[name] = r
             log("  %-10s %-7s p50 %s  p99 %s%s" % (suite, name, fus(r, "p50_us"),
                                                   fus(r, "p99_us"),
                                                   "  errors %d" % r["errors"] if r["errors"] else ""))
@@ -778,6 +773,12 @@ class Bench:
             if suite == "idle":
                 # the idle suite starts fresh tunnel instances of its own
                 self.suite_idle([n for n in c.idle_paths if n in paths])
+            elif suite == "tls":
+                # adit over wss:// (direct, through squid), ws:// and ssh -L, all
+                # instances of its own (see bench/tls.py)
+                sys.path.insert(0, HERE)
+                from tls import suite_tls
+                suite_tls(self, sys.modules[__name__])
             elif suite == "compression":
                 # adit only, with tunnels of its own (see bench/compression.py)
                 sys.path.insert(0, HERE)
@@ -794,6 +795,11 @@ class Bench:
             self.stop_path(p)
 
     def cleanup(self):
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as e:
+                log("cleanup %s failed: %s" % (getattr(fn, "__name__", fn), e))
         self.procs.stop_all()
         if os.environ.get("BENCH_KEEP_TMP") != "1":
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -803,6 +809,24 @@ class Bench:
 
 # --------------------------------------------------------------------------
 # report
+
+
+def tput_summary(rs):
+    """The median (lower median) of iperf3 rounds `rs`, with every round's
+    Gbit/s and relay CPU, and the median Gbit/s per relay CPU core."""
+    good = sorted((r for r in rs if "gbps" in r), key=lambda r: r["gbps"])
+    if not good:
+        return {"error": (rs[0].get("error") if rs else "skipped: time budget")}
+    med = dict(good[(len(good) - 1) // 2])   # lower median
+    med["rounds_gbps"] = [round(r.get("gbps", 0), 3) for r in rs]
+    med["rounds_relay_cpu_pct"] = [round(r["relay_cpu_pct"], 1)
+                                   for r in rs if "relay_cpu_pct" in r]
+    med["errors"] = len(rs) - len(good)
+    eff = sorted(r["gbps"] / (r["relay_cpu_pct"] / 100.0) for r in good
+                 if r.get("relay_cpu_pct"))
+    if eff:
+        med["gbps_per_relay_core"] = eff[(len(eff) - 1) // 2]
+    return med
 
 
 def fus(r, k):
@@ -917,6 +941,12 @@ def build_report(bench, cfg):
         table.append("| " + " | ".join(r) + " |")
     if not any(s in PATH_SUITES for s in cfg.suites):
         table = []
+    tls_targets = []
+    if "tls" in cfg.suites:
+        sys.path.insert(0, HERE)
+        from tls import report as tls_report
+        ttable_tls, tls_targets = tls_report(bench, cfg)
+        table += ([""] if table else []) + [ttable_tls]
     comp_targets = []
     if "compression" in cfg.suites:
         sys.path.insert(0, HERE)
@@ -965,6 +995,8 @@ def build_report(bench, cfg):
         target("idle", "RSS per idle stream, %s side (adit, N=%s)" % (side, maxn),
                A("idle", "adit", "kib_per_stream", maxn, side), "%.1f KiB", "< 10 KiB",
                lambda v: v < 10)
+    for name, value, vfmt, goal, ok in tls_targets:
+        target("tls", name, value, vfmt, goal, ok)
     for name, value, vfmt, goal, ok in comp_targets:
         target("compression", name, value, vfmt, goal, ok)
 
@@ -1073,18 +1105,21 @@ def parse_cfg(argv):
         ap.error("unknown path(s) %s; known: %s" % (bad, ALL_PATHS))
     c.adit_available = os.path.isfile(c.adit_bin) and os.access(c.adit_bin, os.X_OK)
     if not c.only and "adit" not in c.paths:
-        c.suites.remove("compression")   # adit-only suite; bench-baselines stays as it was
+        for s in ("tls", "compression"):   # adit-only suites; bench-baselines stays as it was
+            c.suites.remove(s)
     c.idle_paths = [p for p in c.idle_paths.split(",") if p in c.paths]
     if c.quick:
         c.iperf_secs, c.sat_secs = 2, 5
         c.connect_n, c.pingpong_n = 300, 2000
         c.idle_n = [1000]
-        c.max_secs = c.max_secs or (150 + (75 if "compression" in c.suites else 0))
+        c.max_secs = c.max_secs or (150 + (75 if "compression" in c.suites else 0)
+                                    + (50 if "tls" in c.suites else 0))
     else:
         c.iperf_secs, c.sat_secs = 2, 9
         c.connect_n, c.pingpong_n = 1000, 5000
         c.idle_n = [1000, 10000]
-        c.max_secs = c.max_secs or (330 + (180 if "compression" in c.suites else 0))
+        c.max_secs = c.max_secs or (330 + (180 if "compression" in c.suites else 0)
+                                    + (120 if "tls" in c.suites else 0))
     if c.idle_n_raw:
         c.idle_n = sorted({int(x) for x in c.idle_n_raw.split(",") if x.strip()})
     c.loop_limit = 10.0 if c.quick else 20.0
@@ -1094,6 +1129,8 @@ def parse_cfg(argv):
     c.wait_quiet = float(env("BENCH_WAIT_QUIET", "0") or 0)
     c.rounds = max(1, int(env("BENCH_ROUNDS", "2" if c.quick else "5")))
     c.tput_rounds = max(1, int(env("BENCH_TPUT_ROUNDS", "1" if c.quick else "3")))
+    # tls suite (bench/tls.py)
+    c.tls_rounds = max(1, int(env("BENCH_TLS_ROUNDS", "2" if c.quick else "5")))
     # compression suite (bench/compression.py)
     c.comp_rounds = max(1, int(env("BENCH_COMP_ROUNDS", "2" if c.quick else "5")))
     c.comp_corpus_bytes = int(float(env("BENCH_CORPUS_MB", "16" if c.quick else "64")) * (1 << 20))
@@ -1133,12 +1170,12 @@ def main(argv=None):
     missing = [t for t in ("iperf3", "socat", "ssh", "sshd", "ssh-keygen")
                if not (shutil.which(t) or os.path.exists("/usr/sbin/" + t))]
     need = set()
-    if "throughput" in cfg.suites or "saturated" in cfg.suites:
+    if any(s in cfg.suites for s in ("throughput", "saturated", "tls")):
         need.add("iperf3")
     path_suites = any(s in PATH_SUITES for s in cfg.suites)
     if "socat" in cfg.paths and path_suites:
         need.add("socat")
-    if "ssh" in cfg.paths and path_suites:
+    if "ssh" in cfg.paths and (path_suites or "tls" in cfg.suites):
         need |= {"ssh", "sshd", "ssh-keygen"}
     if set(missing) & need:
         print("missing tools: %s (run bench/run.sh, which installs them with apt-get)" %
@@ -1208,6 +1245,7 @@ def main(argv=None):
             "params": {"iperf_secs": cfg.iperf_secs, "iperf_omit_secs": 1,
                        "saturated_secs": cfg.sat_secs, "connect_n": cfg.connect_n,
                        "pingpong_n": cfg.pingpong_n, "pingpong_size": 64,
+                       "tls_rounds": cfg.tls_rounds,
                        "nofile": nofile},
             "commands": bench.commands,
             "notes": bench.notes,

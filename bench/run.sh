@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Adit benchmark entry point. See docs/benchmarks.md.
-#   bench/run.sh                         full run (~5-6 min; the compression suite ~1 min of it)
+#   bench/run.sh                         full run (~7-8 min; the compression suite ~1 min,
+#                                        the tls suite ~2 min of it)
 #   BENCH_QUICK=1 bench/run.sh           quick run (~1.5-2.5 min)
 #   BENCH_ONLY=throughput,pingpong BENCH_PATHS=direct,adit bench/run.sh
 # Extra arguments are passed to bench/run.py (try --help).
@@ -9,10 +10,11 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # Tools: install the missing ones from Debian packages (root only), unless
 # BENCH_NO_INSTALL=1.
+# squid: the HTTP CONNECT proxy of the tls suite.
 declare -A pkg_of=([iperf3]=iperf3 [socat]=socat [ssh]=openssh-client
-                   [ssh-keygen]=openssh-client [sshd]=openssh-server)
+                   [ssh-keygen]=openssh-client [sshd]=openssh-server [squid]=squid)
 missing_pkgs=()
-for tool in iperf3 socat ssh ssh-keygen sshd; do
+for tool in iperf3 socat ssh ssh-keygen sshd squid; do
     if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
         missing_pkgs+=("${pkg_of[$tool]}")
     fi
@@ -21,7 +23,7 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     pkgs="$(printf '%s\n' "${missing_pkgs[@]}" | sort -u | tr '\n' ' ')"
     if [ "${BENCH_NO_INSTALL:-0}" != "1" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "[bench] installing missing packages: $pkgs" >&2
-        # policy-rc.d (if present) keeps sshd/iperf3 from being started as services
+        # policy-rc.d (if present) keeps sshd/iperf3/squid from being started as services
         export DEBIAN_FRONTEND=noninteractive
         timeout 300 apt-get update -qq >/dev/null 2>&1 || true
         timeout 300 apt-get install -y -qq --no-install-recommends $pkgs >/dev/null

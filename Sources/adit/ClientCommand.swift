@@ -72,6 +72,7 @@ struct ClientCommand: AsyncParsableCommand {
                                             valueName: "agent"))
     var userAgent: String?
 
+    @OptionGroup(title: "TLS (wss://)") var tls: ClientTLSOptions
     @OptionGroup var tunnel: TunnelOptions
     @OptionGroup var compression: CompressionOptions
     @OptionGroup var metricsOptions: MetricsOptions
@@ -91,6 +92,9 @@ struct ClientCommand: AsyncParsableCommand {
             _ = try parsedHeaders()
             _ = try parsedHeaders(proxyHeader, flag: "--proxy-header")
             _ = try proxyRoute()
+            if try tls.isSet && !TunnelURL.parse(url).secure {
+                throw ConfigurationError("TLS options (--ca-file, --pin, --tls-cert, --insecure, …) need a wss:// URL; \(url) is plain ws://")
+            }
         } catch let error as ConfigurationError {
             throw ValidationError(error.message)
         }
@@ -143,6 +147,11 @@ struct ClientCommand: AsyncParsableCommand {
                                               forwards: raw ? [] : try forwards.map(ForwardSpec.parse))
         if raw { config.rawListeners = try forwards.map(parseRawListener) }
         config.compression = compression.settings
+        config.tls = tls.settings
+        try config.prepareTLS()
+        if tls.insecure {
+            logger.warning("--insecure: the server's certificate is NOT verified; anyone on the path can read and change this tunnel")
+        }
         let (route, why) = try proxyRoute()
         config.proxy = route
         config.userAgent = userAgent

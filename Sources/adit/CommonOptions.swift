@@ -228,3 +228,86 @@ struct CompressionOptions: ParsableArguments {
 
     var rawMaxMessageSize: Int { parseSize(maxMessageSize) ?? 16 << 20 }
 }
+
+/// wss:// options of the client.
+struct ClientTLSOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "Trust this CA (PEM) besides the system's: a corporate TLS-inspection root, or a self-signed server certificate. Example: --ca-file corp-root.pem",
+        valueName: "file"))
+    var caFile: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Require the server's public key to be this one, besides normal verification (repeatable; `adit keygen` prints it). Example: --pin sha256/Qd3f…=",
+        valueName: "sha256/base64"))
+    var pin: [String] = []
+
+    @Flag(name: .long, help: ArgumentHelp("Let --pin replace certificate verification (a self-signed server certificate without --ca-file)."))
+    var pinOnly = false
+
+    @Option(name: [.customLong("tls-server-name"), .customLong("sni")], help: ArgumentHelp(
+        "Name to send in SNI and to verify the certificate against, instead of the URL's host (which is used by default, also through a proxy). Example: --tls-server-name gateway.example.com",
+        valueName: "name"))
+    var tlsServerName: String?
+
+    @Option(name: .long, help: ArgumentHelp("Client certificate (PEM, with its chain) for servers that require one (mTLS). Example: --tls-cert client.pem",
+                                            valueName: "file"))
+    var tlsCert: String?
+
+    @Option(name: .long, help: ArgumentHelp("Private key (PEM) of --tls-cert. Example: --tls-key client-key.pem", valueName: "file"))
+    var tlsKey: String?
+
+    @Flag(name: .long, help: ArgumentHelp("Do not verify the server's certificate at all. Anyone on the path can read and change the tunnel: for tests only."))
+    var insecure = false
+
+    var isSet: Bool { caFile != nil || !pin.isEmpty || pinOnly || tlsServerName != nil || tlsCert != nil || tlsKey != nil || insecure }
+
+    func validate() throws {
+        for p in pin {
+            if case .failure(let error) = Result(catching: { () throws(ConfigurationError) in try PublicKeyPin.parse(p) }) {
+                throw ValidationError(error.message)
+            }
+        }
+        if pinOnly && pin.isEmpty { throw ValidationError("--pin-only needs at least one --pin sha256/…") }
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
+        if insecure && (!pin.isEmpty || caFile != nil) {
+            throw ValidationError("--insecure turns verification off; it cannot be combined with --pin or --ca-file")
+        }
+    }
+
+    var settings: ClientTLSSettings {
+        var s = ClientTLSSettings()
+        s.caFile = caFile
+        s.pins = pin.compactMap { try? PublicKeyPin.parse($0) }
+        s.pinOnly = pinOnly
+        s.insecure = insecure
+        s.serverName = tlsServerName
+        s.certificateFile = tlsCert
+        s.keyFile = tlsKey
+        return s
+    }
+}
+
+/// wss:// options of the server.
+struct ServerTLSOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "Serve wss://: the certificate (PEM, leaf first, then its chain). `adit keygen` makes a self-signed one. Example: --tls-cert /etc/adit/cert.pem",
+        valueName: "file"))
+    var tlsCert: String?
+
+    @Option(name: .long, help: ArgumentHelp("Private key (PEM) of --tls-cert. Example: --tls-key /etc/adit/key.pem", valueName: "file"))
+    var tlsKey: String?
+
+    @Option(name: .long, help: ArgumentHelp("Require client certificates issued by this CA (PEM): mutual TLS. Example: --tls-ca clients-ca.pem",
+                                            valueName: "file"))
+    var tlsCa: String?
+
+    func validate() throws {
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
+        if tlsCa != nil && tlsCert == nil { throw ValidationError("--tls-ca needs --tls-cert and --tls-key (mTLS is part of wss://)") }
+    }
+
+    var settings: ServerTLSSettings? {
+        guard let tlsCert, let tlsKey else { return nil }
+        return ServerTLSSettings(certificateFile: tlsCert, keyFile: tlsKey, clientCAFile: tlsCa)
+    }
+}

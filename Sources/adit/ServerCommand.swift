@@ -46,6 +46,7 @@ struct ServerCommand: AsyncParsableCommand {
         valueName: "path=host:port"))
     var raw: [String] = []
 
+    @OptionGroup(title: "TLS (wss://)") var tls: ServerTLSOptions
     @OptionGroup var tunnel: TunnelOptions
     @OptionGroup var compression: CompressionOptions
     @OptionGroup var metricsOptions: MetricsOptions
@@ -88,6 +89,7 @@ struct ServerCommand: AsyncParsableCommand {
         config.drainTimeout = .seconds(Int64(drainTimeout))
         config.threads = threads
         config.compression = compression.settings
+        config.tls = tls.settings
         config.rawRoutes = try raw.map(RawBridgeRoute.parse)
         config.rawMaxMessageSize = compression.rawMaxMessageSize
         let exported = try metricsOptions.makeMetrics(logger: logger)

@@ -74,3 +74,31 @@ import Testing
         #expect(IPAddressText.formatIPv6(IPAddressText.parseIPv6("::1")!) == "::1")
     }
 }
+
+@Suite struct TLSTests {
+    @Test func certificateNamesMatchAsRFC6125Says() {
+        #expect(CertificateName.matches(pattern: "gw.example.com", host: "GW.Example.com."))
+        #expect(CertificateName.matches(pattern: "*.example.com", host: "gw.example.com"))
+        #expect(!CertificateName.matches(pattern: "*.example.com", host: "example.com"))
+        #expect(!CertificateName.matches(pattern: "*.example.com", host: "a.gw.example.com"))
+        #expect(!CertificateName.matches(pattern: "gw.example.com", host: "gw.example.com.evil"))
+        #expect(!CertificateName.matches(pattern: "*.com", host: "example.org"))
+    }
+
+    @Test func pinsParseAndPrint() throws {
+        let pin = try PublicKeyPin.parse("sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=")
+        #expect(pin.description == "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=")
+        for bad in ["47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=", "sha256/abc", "sha1/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="] {
+            #expect(throws: ConfigurationError.self) { _ = try PublicKeyPin.parse(bad) }
+        }
+    }
+
+    @Test func keygenMakesACertificateWhosePinMatchesItsKey() throws {
+        let made = try SelfSignedCertificate.make(names: ["localhost"], addresses: ["127.0.0.1", "::1"], days: 1)
+        #expect(made.certificatePEM.hasPrefix("-----BEGIN CERTIFICATE-----"))
+        #expect(made.privateKeyPEM.contains("PRIVATE KEY"))
+        let again = try SelfSignedCertificate.make(names: ["localhost"], addresses: [], days: 1)
+        #expect(again.pin != made.pin)  // a fresh key each time
+        #expect(throws: ConfigurationError.self) { _ = try SelfSignedCertificate.make(names: [], addresses: ["nope"], days: 1) }
+    }
+}

@@ -1,5 +1,6 @@
 import AditMux
 import AditWebSocket
+import NIOSSL
 import Logging
 import NIOCore
 import NIOPosix
@@ -34,6 +35,18 @@ public final class AditClient: Service, @unchecked Sendable {
         public var proxy: ProxyRoute?
         /// `User-Agent` of the upgrade request and of CONNECT.
         public var userAgent: String?
+        /// For wss://: trust, pins, client certificate. `prepareTLS()` builds the context from it.
+        public var tls = ClientTLSSettings()
+        private(set) var tlsContext: NIOSSLContext?
+
+        /// Loads the certificates and keys named in `tls` (once; the context serves every connection).
+        public mutating func prepareTLS() throws(ConfigurationError) {
+            guard url.secure else {
+                tlsContext = nil
+                return
+            }
+            tlsContext = try tls.makeContext(host: tls.serverName ?? url.host)
+        }
 
         public init(url: TunnelURL, forwards: [ForwardSpec]) {
             self.url = url
@@ -47,6 +60,7 @@ public final class AditClient: Service, @unchecked Sendable {
                                          connectTimeout: connectTimeout)
             dialer.proxy = proxy
             dialer.userAgent = userAgent
+            if let tlsContext { dialer.tls = (tlsContext, tls) }
             if !rawListeners.isEmpty {
                 // As websockify expects: `binary` alone (it only accepts it as the first token), or none back.
                 dialer.webSocket.subprotocols = ["binary"]
@@ -68,6 +82,11 @@ public final class AditClient: Service, @unchecked Sendable {
     /// One event loop carries the tunnel and all its local connections: a single core does the relaying,
     /// with no cross-thread hand-offs on the data path.
     public init(configuration: Configuration, logger: Logger, group: MultiThreadedEventLoopGroup? = nil) {
+        var configuration = configuration
+        if configuration.url.secure && configuration.tlsContext == nil {
+            // Callers that did not prepare: default trust. Errors surface at the first dial.
+            try? configuration.prepareTLS()
+        }
         self.configuration = configuration
         self.logger = logger
         self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: 1)

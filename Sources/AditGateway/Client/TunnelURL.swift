@@ -12,9 +12,10 @@ public struct TunnelURL: Sendable, Equatable, CustomStringConvertible {
             secure = false
             rest = text.dropFirst(5)
         } else if text.lowercased().hasPrefix("wss://") {
-            throw ConfigurationError("wss:// is not supported yet by this build; use ws:// (TLS comes with a later release)")
+            secure = true
+            rest = text.dropFirst(6)
         } else {
-            throw ConfigurationError("server URL '\(text)' must start with ws://, e.g. ws://gateway.example.com:8080/")
+            throw ConfigurationError("server URL '\(text)' must start with ws:// or wss://, e.g. wss://gateway.example.com/")
         }
         let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
         var path = String(rest.dropFirst(authority.count))

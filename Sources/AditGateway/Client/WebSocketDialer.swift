@@ -4,6 +4,7 @@ import AditWebSocket
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// Opens one WebSocket to the server: TCP, then the HTTP upgrade, then `install` puts the data-phase handlers
 /// in place. The tunnel and the raw client share it; a proxy and TLS go in between TCP and the upgrade.
@@ -16,6 +17,8 @@ struct WebSocketDialer {
     var proxy: ProxyRoute?
     /// For the CONNECT request too (some proxies pass only browser-like agents).
     var userAgent: String?
+    /// For wss://: the TLS context (built once) and what to check beyond it.
+    var tls: (context: NIOSSLContext, settings: ClientTLSSettings)?
 
     init(url: TunnelURL, hostHeader: String?, origin: String?, extraHeaders: [(String, String)],
          compression: CompressionSettings, channelOptions: TunnelChannelOptions, connectTimeout: TimeAmount) {
@@ -39,11 +42,27 @@ struct WebSocketDialer {
         if let userAgent, !webSocket.extraHeaders.contains(where: { $0.0.lowercased() == "user-agent" }) {
             webSocket.extraHeaders.append(("User-Agent", userAgent))
         }
-        // Every connection of this dial lives on `eventLoop`, where the loop-bound closure may be called.
-        let upgrade = NIOLoopBound({ [webSocket] (channel: any Channel) throws -> Void in
+        let webSocketUpgrade = { [webSocket] (channel: any Channel) throws -> Void in
             try channel.pipeline.syncOperations.addHandler(
                 WebSocketClientHandshakeHandler(configuration: webSocket, upgraded: upgraded, onUpgrade: install))
-        }, eventLoop: eventLoop)
+        }
+        var next = webSocketUpgrade
+        if let tls {
+            // TLS to the server (through the proxy's tunnel, if any); the upgrade only once it is checked.
+            let host = tls.settings.serverName ?? url.host
+            let address = IPAddressBytes.parse(host)
+            let pins = tls.settings.settingsPins
+            next = { channel in
+                let sync = channel.pipeline.syncOperations
+                try sync.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: address == nil ? host : nil))
+                let identity: TLSReadyHandler.Identity? = !tls.settings.checksIdentity ? nil
+                    : address.map { .address($0) } ?? .name(host)
+                try sync.addHandler(TLSReadyHandler(identity: identity, host: host, pins: pins,
+                                                    install: webSocketUpgrade, failed: { upgraded.fail($0) }))
+            }
+        }
+        // Every connection of this dial lives on `eventLoop`, where the loop-bound closure may be called.
+        let upgrade = NIOLoopBound(next, eventLoop: eventLoop)
         let dialled: EventLoopFuture<any Channel>
         switch proxy?.url.kind {
         case nil:
@@ -156,6 +175,21 @@ struct WebSocketDialer {
         }
     }
 
+    static func describeTLS(_ error: NIOSSLError, host: String) -> String {
+        let text = "\(error)"
+        if text.contains("CERTIFICATE_VERIFY_FAILED") {
+            return "the server's certificate for \(host) is not trusted: give its CA with --ca-file, or pin its key with --pin sha256/… (adit keygen prints it) and --pin-only; --insecure only for a test"
+        }
+        if text.contains("WRONG_VERSION_NUMBER") || text.contains("HTTP_REQUEST") || text.contains("EOF during handshake") {
+            return "the server closed the connection during the TLS handshake: it does not speak TLS (is it ws:// rather than wss://?) or it wants a client certificate (--tls-cert, --tls-key)"
+        }
+        if text.contains("CERTIFICATE_REQUIRED") || text.contains("HANDSHAKE_FAILURE") {
+            return "the server refused the TLS handshake (\(text)); does it require a client certificate (--tls-cert, --tls-key)?"
+        }
+        if case .uncleanShutdown = error { return "the server closed the TLS connection uncleanly" }
+        return "the TLS handshake failed: \(text)"
+    }
+
     private static func destination(_ host: MuxTarget.Host, port: Int) -> SOCKS5StateMachine.Destination {
         switch host {
         case .ipv4(let v):
@@ -169,12 +203,20 @@ struct WebSocketDialer {
 
     /// One sentence for a failed dial.
     func describe(_ error: any Error) -> String {
+        if let tlsError = error as? TLSCheckError { return "TLS: \(tlsError)" }
+        if let sslError = error as? NIOSSLError { return "TLS: " + Self.describeTLS(sslError, host: tls?.settings.serverName ?? url.host) }
+        if let extra = error as? NIOSSLExtraError, extra == .failedToValidateHostname {
+            return "TLS: the server's certificate is not valid for \(tls?.settings.serverName ?? url.host); connect by a name it holds or set --tls-server-name"
+        }
         if let proxyError = error as? ProxyDialError {
             let inner = proxyError.underlying
             if inner is ProxyConnectError || inner is SOCKS5Error || inner is SOCKS5TimeoutError
                 || inner is SOCKS5ClosedError
             {
                 return "through the proxy \(proxyError.proxy): \(inner)"
+            }
+            if inner is TLSCheckError || inner is NIOSSLError || inner is NIOSSLExtraError {
+                return describe(inner) + " (through the proxy \(proxyError.proxy))"
             }
             let proxyURL = TunnelURL(secure: false, host: proxyError.proxy.host, port: proxyError.proxy.port, path: "/")
             return "cannot reach the proxy \(proxyError.proxy): \(describeConnectError(inner, url: proxyURL, what: "the proxy"))"

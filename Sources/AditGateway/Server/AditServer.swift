@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 
 #if canImport(Glibc)
@@ -31,6 +32,8 @@ public final class AditServer: Service, @unchecked Sendable {
         public var rawRoutes: [RawBridgeRoute] = []
         /// Largest message a raw bridge accepts (after inflating); the tunnel's is `mux.maxReceiveMessageSize`.
         public var rawMaxMessageSize = 16 << 20
+        /// wss://: the certificate and key, and the CA for client certificates.
+        public var tls: ServerTLSSettings?
 
         public init(listen: HostPort, policy: TargetPolicy) {
             self.listen = listen
@@ -79,12 +82,17 @@ public final class AditServer: Service, @unchecked Sendable {
 
     func start() async throws {
         let config = configuration
+        let tlsContext = try config.tls?.makeContext()
         let connector = TargetConnector(policy: config.policy, connectTimeout: config.connectTimeout,
                                         channelOptions: config.channelOptions)
         let logger = self.logger
         let bootstrap = config.channelOptions.apply(toTunnelListener: ServerBootstrap(group: group))
             .childChannelInitializer { [weak self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tlsContext {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext))
+                        try channel.pipeline.syncOperations.addHandler(TLSFailureLogger(logger: logger))
+                    }
                     try self?.initializeTunnel(channel, connector: connector, logger: logger)
                 }
             }
@@ -99,8 +107,8 @@ public final class AditServer: Service, @unchecked Sendable {
         boundAddress.withLockedValue { $0 = address }
         started.succeed(address)
         let shown = HostPort(host: address.ipAddress ?? config.listen.host, port: address.port ?? 0)
-        let path = config.path == "/" ? "" : " path \(config.path)"
-        logger.notice("listening on \(shown)\(path); targets allowed: \(config.policy.patterns.isEmpty ? "none" : config.policy.description); compression \(config.compression.mode.rawValue)")
+        let scheme = config.tls == nil ? "ws" : "wss"
+        logger.notice("listening on \(scheme)://\(shown)\(config.path); targets allowed: \(config.policy.patterns.isEmpty ? "none" : config.policy.description); compression \(config.compression.mode.rawValue)")
         for route in config.rawRoutes {
             logger.notice("raw WebSocket bridge on \(route.path) to \(route.target)")
             // A name may still be allowed once resolved; TargetConnector decides that on every connection.

@@ -101,8 +101,8 @@ public struct NoProxyRule: Sendable, Equatable {
     }
 }
 
-enum IPAddressBytes {
-    static func parse(_ text: String) -> [UInt8]? {
+public enum IPAddressBytes {
+    public static func parse(_ text: String) -> [UInt8]? {
         var v4 = in_addr()
         if inet_pton(AF_INET, text, &v4) == 1 {
             return withUnsafeBytes(of: &v4) { Array($0) }
