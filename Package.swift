@@ -52,6 +52,11 @@ let package = Package(
             name: "CAditZlib",
             linkerSettings: [.linkedLibrary("z")]
         ),
+        // The system GSSAPI (Debian: libkrb5-dev), for Negotiate/Kerberos proxy authentication.
+        .target(
+            name: "CAditGSSAPI",
+            linkerSettings: [.linkedLibrary("gssapi_krb5")]
+        ),
         // RFC 6455 frame codec with fast masking, client and server upgrade handshakes, permessage-deflate.
         .target(
             name: "AditWebSocket",
@@ -83,6 +88,7 @@ let package = Package(
                 "AditMux",
                 "AditWebSocket",
                 "AditProxy",
+                "CAditGSSAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -19,7 +19,7 @@ struct ClientCommand: AsyncParsableCommand {
               adit client --raw ws://gateway.example.com:8080/vnc -L 5901
             """)
 
-    @Argument(help: ArgumentHelp("The server: ws://HOST[:PORT][/path]. Example: ws://gateway.example.com:8080/",
+    @Argument(help: ArgumentHelp("The server: ws://HOST[:PORT][/path], or wss:// for TLS (default port 443). Example: wss://gateway.example.com/tunnel",
                                  valueName: "url"))
     var url: String
 
@@ -92,7 +92,7 @@ struct ClientCommand: AsyncParsableCommand {
             _ = try parsedHeaders()
             _ = try parsedHeaders(proxyHeader, flag: "--proxy-header")
             _ = try proxyRoute()
-            if try tls.isSet && !TunnelURL.parse(url).secure {
+            if try tls.isSet && !TunnelURL.parse(url).secure && proxyRoute().0?.url.kind != .https {
                 throw ConfigurationError("TLS options (--ca-file, --pin, --tls-cert, --insecure, …) need a wss:// URL; \(url) is plain ws://")
             }
         } catch let error as ConfigurationError {
@@ -148,12 +148,12 @@ struct ClientCommand: AsyncParsableCommand {
         if raw { config.rawListeners = try forwards.map(parseRawListener) }
         config.compression = compression.settings
         config.tls = tls.settings
+        let (route, why) = try proxyRoute()
+        config.proxy = route
         try config.prepareTLS()
         if tls.insecure {
             logger.warning("--insecure: the server's certificate is NOT verified; anyone on the path can read and change this tunnel")
         }
-        let (route, why) = try proxyRoute()
-        config.proxy = route
         config.userAgent = userAgent
         if let route {
             logger.notice("reaching \(config.url) through the proxy \(route.url) (\(why))")

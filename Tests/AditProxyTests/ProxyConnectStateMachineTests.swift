@@ -148,6 +148,42 @@ import Testing
     }
 }
 
+struct FakeNegotiator: NegotiateTokenSource {
+    var token: Data?
+    func nextToken(serverToken: Data) throws -> Data {
+        guard let token else { throw FakeNoTicket() }
+        return token
+    }
+}
+
+struct FakeNoTicket: Error, CustomStringConvertible {
+    var description: String { "No Kerberos credentials available" }
+}
+
+extension ProxyConnectStateMachineTests {
+    @Test func negotiateComesFirstWhenThereIsATicket() {
+        var m = ProxyConnectStateMachine(target: "h:1", credentials: credentials,
+                                         negotiator: FakeNegotiator(token: Data([1, 2, 3])))
+        _ = m.connectionOpened()
+        let challenge = response(.proxyAuthenticationRequired, [("Proxy-Authenticate", "Negotiate"), ("Proxy-Authenticate", "NTLM")])
+        #expect(authorization(m.receivedResponse(challenge, bodyStart: "", willClose: false)) == "Negotiate AQID")
+        // Refused: the next scheme it offers, with the credentials.
+        #expect(authorization(m.receivedResponse(challenge, bodyStart: "", willClose: false))?.hasPrefix("NTLM ") == true)
+    }
+
+    @Test func withoutATicketNegotiateSaysWhyAndOtherSchemesStillWork() {
+        var none = ProxyConnectStateMachine(target: "h:1", credentials: nil, negotiator: FakeNegotiator(token: nil))
+        _ = none.connectionOpened()
+        let onlyNegotiate = response(.proxyAuthenticationRequired, [("Proxy-Authenticate", "Negotiate")])
+        #expect(none.receivedResponse(onlyNegotiate, bodyStart: "", willClose: false)
+            == .fail(.negotiateUnavailable(offered: ["Negotiate"], why: "No Kerberos credentials available")))
+        var fallback = ProxyConnectStateMachine(target: "h:1", credentials: credentials, negotiator: FakeNegotiator(token: nil))
+        _ = fallback.connectionOpened()
+        let both = response(.proxyAuthenticationRequired, [("Proxy-Authenticate", "Negotiate"), ("Proxy-Authenticate", #"Basic realm="r""#)])
+        #expect(authorization(fallback.receivedResponse(both, bodyStart: "", willClose: false))?.hasPrefix("Basic ") == true)
+    }
+}
+
 @Suite struct SOCKS5StateMachineTests {
     @Test func usernamePasswordThenConnectByName() {
         var m = SOCKS5StateMachine(destination: .name("gw.example", port: 443),

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Make sure the build and the tests have what they need: zlib's headers (permessage-deflate), python3 with
-# pytest and websockets, the foreign WebSocket peers the tests run (chromium, websockify) and the proxies
-# (squid, tinyproxy, htpasswd from apache2-utils).
+# pytest and websockets, the foreign WebSocket peers the tests run (chromium, websockify), the proxies
+# (squid, tinyproxy, htpasswd from apache2-utils), GSSAPI's headers (Negotiate) and an MIT KDC for its test.
 # Idempotent; a no-op (a few checks) when everything is present.
 # Usage: Tests/e2e/ensure-deps.sh        (PYTHON=... to pick the interpreter)
 set -eu
@@ -23,6 +23,9 @@ command -v websockify >/dev/null 2>&1 || missing="$missing websockify"
 command -v squid >/dev/null 2>&1 || [ -x /usr/sbin/squid ] || missing="$missing squid"
 command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || missing="$missing tinyproxy"
 command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
+[ -f /usr/include/gssapi/gssapi.h ] || missing="$missing libkrb5-dev"
+[ -x /usr/sbin/krb5kdc ] || missing="$missing krb5-kdc krb5-admin-server"
+command -v kinit >/dev/null 2>&1 || missing="$missing krb5-user"
 command -v "$PY" >/dev/null 2>&1 || missing="$missing python3 python3-pip"
 if [ -n "$missing" ]; then
     echo "ensure-deps: installing$missing" >&2

@@ -44,7 +44,7 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15
 class Squid:
     """squid with one auth variant: noauth, basic, digest, ntlm."""
 
-    def __init__(self, variant: str, tmp: Path, deny_port: int | None = None):
+    def __init__(self, variant: str, tmp: Path, deny_port: int | None = None, kerberos: "KerberosRealm | None" = None):
         self.variant = variant
         self.port = H.free_port()
         # Not under pytest's tmp dir: squid runs as `proxy`, which cannot enter root's 0700 directories.
@@ -67,6 +67,9 @@ class Squid:
             (self.dir / "digest-ha1").write_text(f"{USER}:{REALM}:{ha1}\n")
             lines += [f"auth_param digest program /usr/lib/squid/digest_file_auth -c {self.dir}/digest-ha1",
                       "auth_param digest children 2 startup=1 idle=1", f"auth_param digest realm {REALM}"]
+        elif variant == "negotiate":
+            lines += [f"auth_param negotiate program /usr/lib/squid/negotiate_kerberos_auth -k {kerberos.keytab} -s GSS_C_NO_NAME",
+                      "auth_param negotiate children 2 startup=1 idle=1", "auth_param negotiate keep_alive on"]
         elif variant == "ntlm":
             lines += ["auth_param ntlm program /usr/lib/squid/ntlm_fake_auth",
                       "auth_param ntlm children 2 startup=1 idle=1"]
@@ -84,8 +87,10 @@ class Squid:
             os.chown(p, proxy_user.pw_uid, proxy_user.pw_gid)
         self.name = f"adite2e{variant}{self.port}"   # alphanumeric only
         self.log = self.dir / "stderr.log"
+        env = {**os.environ, **(kerberos.env if kerberos else {})}   # the helper reads KRB5_CONFIG
         self.proc = subprocess.Popen(["squid", "-n", self.name, "-N", "-f", str(self.dir / "squid.conf")],
-                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=env)
         _wait_port(self.port, self.proc, self.log)
 
     @property
@@ -240,3 +245,115 @@ class Socks5Server:
 
 def have(*commands: str) -> bool:
     return all(shutil.which(c) for c in commands)
+
+
+class TLSFront:
+    """TLS in front of a plain proxy (an https:// proxy): accepts TLS with `cert`/`key`, relays to `upstream`."""
+
+    def __init__(self, cert, key, upstream_port: int):
+        import ssl
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert), str(key))
+        self.upstream_port = upstream_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(32)
+        self.port = self.listener.getsockname()[1]
+        self.handshakes = 0
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw):
+        try:
+            conn = self.context.wrap_socket(raw, server_side=True)
+            self.handshakes += 1
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            Socks5Server._relay(conn, upstream)
+        except (OSError, ValueError):
+            pass
+        finally:
+            raw.close()
+
+    def stop(self):
+        self.stopped = True
+        self.listener.close()
+
+
+class KerberosRealm:
+    """A throwaway MIT Kerberos realm on loopback: a KDC, a user with a ticket in its own cache, and the
+    proxy's HTTP/localhost key in a keytab squid can read. `env` is what clients and squid need."""
+
+    REALM = "ADIT.TEST"
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="adit-krb-"))
+        os.chmod(self.dir, 0o755)
+        self.port = H.free_port()
+        (self.dir / "krb5.conf").write_text(f"""[libdefaults]
+    default_realm = {self.REALM}
+    dns_lookup_kdc = false
+    dns_lookup_realm = false
+    rdns = false
+    dns_canonicalize_hostname = false
+    udp_preference_limit = 1
+[realms]
+    {self.REALM} = {{
+        kdc = 127.0.0.1:{self.port}
+    }}
+[domain_realm]
+    localhost = {self.REALM}
+""")
+        (self.dir / "kdc.conf").write_text(f"""[kdcdefaults]
+    kdc_ports = {self.port}
+    kdc_tcp_ports = {self.port}
+[realms]
+    {self.REALM} = {{
+        database_name = {self.dir}/principal
+        key_stash_file = {self.dir}/stash
+        acl_file = {self.dir}/kadm5.acl
+        kdc_listen = 127.0.0.1:{self.port}
+        kdc_tcp_listen = 127.0.0.1:{self.port}
+    }}
+[logging]
+    kdc = FILE:{self.dir}/kdc.log
+""")
+        (self.dir / "kadm5.acl").write_text("")
+        self.ccache = self.dir / "alice.ccache"
+        self.keytab = self.dir / "http.keytab"
+        self.env = {"KRB5_CONFIG": str(self.dir / "krb5.conf"), "KRB5_KDC_PROFILE": str(self.dir / "kdc.conf"),
+                    "KRB5RCACHETYPE": "none", "KRB5CCNAME": f"FILE:{self.ccache}"}
+        run_env = {**os.environ, **self.env}
+
+        def run(*argv, stdin=None):
+            subprocess.run(list(argv), check=True, capture_output=True, env=run_env, input=stdin, timeout=30)
+
+        run("kdb5_util", "create", "-s", "-r", self.REALM, "-P", "masterpw")
+        run("kadmin.local", "-q", "addprinc -pw alicepw alice")
+        run("kadmin.local", "-q", "addprinc -randkey HTTP/localhost")
+        run("kadmin.local", "-q", f"ktadd -k {self.keytab} HTTP/localhost")
+        proxy_user = pwd.getpwnam("proxy")
+        os.chown(self.keytab, proxy_user.pw_uid, proxy_user.pw_gid)
+        self.log = self.dir / "krb5kdc.log"
+        self.proc = subprocess.Popen(["krb5kdc", "-n"], env=run_env, stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_port(self.port, self.proc, self.log)
+        run("kinit", "alice", stdin=b"alicepw\n")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -2,6 +2,7 @@
 after its 407), SOCKS5 with username/password; the proxy environment variables; and every failure as one
 clear sentence in the client's log."""
 
+import os
 import socket
 import threading
 
@@ -256,3 +257,32 @@ def test_http_proxy_environment_and_no_proxy(adit, targets, started, tmp_path):
     # https_proxy is for wss:// only; a ws:// server ignores it.
     ignored = client({"https_proxy": "http://127.0.0.1:1"})
     assert not ignored.log_lines_matching("through the proxy")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Negotiate (Kerberos) with a real MIT KDC: the user's ticket cache, no password given to adit.
+
+from proxies import KerberosRealm   # noqa: E402
+
+needs_kerberos = pytest.mark.skipif(not have("squid", "krb5kdc", "kdb5_util", "kinit")
+                                    or not os.path.exists("/usr/lib/squid/negotiate_kerberos_auth"),
+                                    reason="squid and an MIT KDC are needed (make test installs them)")
+
+
+@needs_squid
+@needs_kerberos
+@pytest.mark.deadline(90)
+def test_negotiate_with_a_kerberos_ticket(adit, targets, started, tmp_path, blob):
+    realm = started(KerberosRealm)
+    squid = started(Squid, "negotiate", tmp_path, kerberos=realm)
+    # The proxy by name: the ticket is for HTTP/localhost.
+    env = {k: v for k, v in realm.env.items() if k != "KRB5_KDC_PROFILE"}
+    server, client = through(adit, targets, ["--proxy", f"http://localhost:{squid.port}"], env=env,
+                             total=256 * MiB, blob=blob)
+    client.stop()
+    H.wait_until(lambda: "alice@ADIT.TEST" in squid.access_log(), 10, what="squid logged no Kerberos user")
+    # Without a ticket: one sentence that says what to do.
+    no_ticket = {**env, "KRB5CCNAME": f"FILE:{tmp_path}/empty.ccache"}
+    lonely = failing_client(adit, server.url, ["--proxy", f"http://localhost:{squid.port}"], env=no_ticket)
+    line = lonely.wait_for_log("no ticket could be used", timeout=15)
+    assert "kinit" in line, line

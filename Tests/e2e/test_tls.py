@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import e2e_helpers as H
-from proxies import Squid, have
+from proxies import Squid, TLSFront, have
 
 MiB = H.MiB
 
@@ -185,3 +185,26 @@ def test_missing_certificate_files_are_one_sentence(adit_bin, tmp_path):
                        capture_output=True, text=True, timeout=10, env=H._child_env())
     assert p.returncode == 1, p.stderr
     assert "cannot use --tls-cert" in p.stderr and not any(m in p.stderr for m in H.CRASH_MARKERS), p.stderr
+
+
+@pytest.mark.skipif(not have("squid", "htpasswd"), reason="squid is needed (make test installs it)")
+@pytest.mark.deadline(60)
+def test_an_https_proxy_is_verified_and_carries_wss(adit, targets, pki, adit_bin, tmp_path):
+    echo = targets.echo()
+    server = wss_server(adit, echo.port, pki)
+    proxy_cert, proxy_key, _, _ = keygen(adit_bin, tmp_path, "proxy", "--ip", "127.0.0.1")
+    squid = Squid("noauth", tmp_path)
+    front = TLSFront(proxy_cert, proxy_key, squid.port)
+    try:
+        # One --ca-file trusts both: this test's proxy and server certificates in one bundle.
+        bundle = tmp_path / "bundle.pem"
+        bundle.write_text(proxy_cert.read_text() + pki[0].read_text())
+        ok, _ = wss_client(adit, server, echo.port, ["--proxy", f"https://127.0.0.1:{front.port}", "--ca-file", str(bundle)])
+        assert front.handshakes >= 1
+        untrusted, _ = wss_client(adit, server, echo.port, ["--proxy", f"https://127.0.0.1:{front.port}",
+                                                            "--ca-file", str(pki[0])], ready=False)
+        line = untrusted.wait_for_log("cannot reach the tunnel server", timeout=10)
+        assert "TLS to the proxy https://127.0.0.1" in line and "not trusted" in line, line
+    finally:
+        front.stop()
+        squid.stop()

@@ -38,14 +38,14 @@ public final class AditClient: Service, @unchecked Sendable {
         /// For wss://: trust, pins, client certificate. `prepareTLS()` builds the context from it.
         public var tls = ClientTLSSettings()
         private(set) var tlsContext: NIOSSLContext?
+        /// TLS to an https:// proxy: the system's roots plus `tls.caFile`, the proxy's own name checked.
+        private(set) var proxyTLSContext: NIOSSLContext?
 
-        /// Loads the certificates and keys named in `tls` (once; the context serves every connection).
+        /// Loads the certificates and keys named in `tls` (once; the contexts serve every connection). Call
+        /// after setting `url`, `tls` and `proxy`.
         public mutating func prepareTLS() throws(ConfigurationError) {
-            guard url.secure else {
-                tlsContext = nil
-                return
-            }
-            tlsContext = try tls.makeContext(host: tls.serverName ?? url.host)
+            tlsContext = url.secure ? try tls.makeContext(host: tls.serverName ?? url.host) : nil
+            proxyTLSContext = proxy?.url.kind == .https ? try tls.makeProxyContext() : nil
         }
 
         public init(url: TunnelURL, forwards: [ForwardSpec]) {
@@ -61,6 +61,7 @@ public final class AditClient: Service, @unchecked Sendable {
             dialer.proxy = proxy
             dialer.userAgent = userAgent
             if let tlsContext { dialer.tls = (tlsContext, tls) }
+            dialer.proxyTLS = proxyTLSContext
             if !rawListeners.isEmpty {
                 // As websockify expects: `binary` alone (it only accepts it as the first token), or none back.
                 dialer.webSocket.subprotocols = ["binary"]

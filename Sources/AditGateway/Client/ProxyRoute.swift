@@ -42,9 +42,6 @@ extension ProxyRoute {
             throw ConfigurationError(error.message)
         }
         guard let url = selection.proxy else { return (nil, selection.reason) }
-        if url.kind == .https {
-            throw ConfigurationError("proxy \(url) (\(selection.reason)): https:// proxies (TLS to the proxy itself) are not supported by this build yet; use http:// or socks5://")
-        }
         var name = url.user
         var password = url.password
         if let user {
@@ -75,4 +72,9 @@ extension ProxyRoute {
                                credentials: credentials, connectHeaders: connectHeaders, reason: selection.reason)
         return (route, selection.reason)
     }
+}
+
+/// The TLS handshake with an https:// proxy failed.
+struct ProxyTLSFailure: Error {
+    var underlying: any Error
 }

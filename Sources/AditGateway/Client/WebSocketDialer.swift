@@ -19,6 +19,8 @@ struct WebSocketDialer {
     var userAgent: String?
     /// For wss://: the TLS context (built once) and what to check beyond it.
     var tls: (context: NIOSSLContext, settings: ClientTLSSettings)?
+    /// For an https:// proxy: TLS to the proxy itself.
+    var proxyTLS: NIOSSLContext?
 
     init(url: TunnelURL, hostHeader: String?, origin: String?, extraHeaders: [(String, String)],
          compression: CompressionSettings, channelOptions: TunnelChannelOptions, connectTimeout: TimeAmount) {
@@ -70,7 +72,8 @@ struct WebSocketDialer {
                 .connect(host: url.host, port: url.port)
         case .http, .https:
             let machine = ProxyConnectStateMachine(target: authority, credentials: proxy!.credentials,
-                                                   extraHeaders: connectHeaders)
+                                                   extraHeaders: connectHeaders,
+                                                   negotiator: GSSAPINegotiator(proxyHost: proxy!.url.host))
             dialled = dialHTTPProxy(machine, attempt: 1, on: eventLoop, upgrade: upgrade)
         case .socks5, .socks5h:
             dialled = dialSOCKS5(on: eventLoop, upgrade: upgrade)
@@ -112,13 +115,23 @@ struct WebSocketDialer {
         let proxy = self.proxy!
         let outcome = eventLoop.makePromise(of: ProxyConnectHandler.Outcome.self)
         let timeout = connectTimeout
+        let proxyTLS = proxy.url.kind == .https ? self.proxyTLS : nil
         let connected = bootstrap(on: eventLoop) { channel in
-            try channel.pipeline.syncOperations.addHandler(
-                ProxyConnectHandler(machine: machine, timeout: timeout, done: outcome, install: upgrade.value))
+            let sync = channel.pipeline.syncOperations
+            if let proxyTLS {
+                let host = proxy.url.host
+                try sync.addHandler(NIOSSLClientHandler(context: proxyTLS,
+                                                        serverHostname: IPAddressBytes.parse(host) == nil ? host : nil))
+            }
+            try sync.addHandler(ProxyConnectHandler(machine: machine, timeout: timeout, done: outcome, install: upgrade.value))
         }.connect(host: proxy.url.host, port: proxy.url.port)
         connected.whenFailure { outcome.fail($0) }
         return connected.flatMap { channel in
-            outcome.futureResult.flatMap { result in
+            outcome.futureResult.flatMapErrorThrowing { error in
+                // Before CONNECT succeeded, a TLS error is about the https:// proxy, not the server.
+                if let tlsError = error as? NIOSSLError { throw ProxyTLSFailure(underlying: tlsError) }
+                throw error
+            }.flatMap { result in
                 switch result {
                 case .established:
                     return eventLoop.makeSucceededFuture(channel)
@@ -214,6 +227,14 @@ struct WebSocketDialer {
                 || inner is SOCKS5ClosedError
             {
                 return "through the proxy \(proxyError.proxy): \(inner)"
+            }
+            if let proxyTLS = inner as? ProxyTLSFailure {
+                let text = "\(proxyTLS.underlying)"
+                let why = text.contains("CERTIFICATE_VERIFY_FAILED")
+                    ? "its certificate is not trusted (give its CA with --ca-file)"
+                    : text.contains("EOF during handshake") || text.contains("WRONG_VERSION_NUMBER")
+                        ? "it does not speak TLS (is it http:// rather than https://?)" : "the TLS handshake failed: \(text)"
+                return "TLS to the proxy \(proxyError.proxy): \(why)"
             }
             if inner is TLSCheckError || inner is NIOSSLError || inner is NIOSSLExtraError {
                 return describe(inner) + " (through the proxy \(proxyError.proxy))"

@@ -49,6 +49,18 @@ public struct ClientTLSSettings: Sendable {
 }
 
 extension ClientTLSSettings {
+    /// For an https:// proxy: full verification of the proxy's certificate (its name, or its address, which
+    /// here is the socket's peer), with the system roots and `caFile`.
+    func makeProxyContext() throws(ConfigurationError) -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        if let caFile { configuration.additionalTrustRoots = [.file(caFile)] }
+        do {
+            return try NIOSSLContext(configuration: configuration)
+        } catch {
+            throw ConfigurationError("the TLS settings for the https:// proxy cannot be used: \(error) (check --ca-file)")
+        }
+    }
+
     var settingsPins: [PublicKeyPin] { pins }
     /// Whether the certificate's names are checked (not with --insecure or --pin-only).
     var checksIdentity: Bool { !insecure && !pinOnly }

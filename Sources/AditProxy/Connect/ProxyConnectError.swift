@@ -5,6 +5,8 @@ public enum ProxyConnectError: Error, Sendable, Equatable, CustomStringConvertib
     case credentialsRequired(offered: [String])
     /// 407 after we answered: wrong user or password (or a scheme we cannot finish).
     case credentialsRejected(offered: [String], tried: [String])
+    /// The proxy wants Negotiate and GSSAPI could not produce a token (no ticket, unknown service principal).
+    case negotiateUnavailable(offered: [String], why: String)
     /// 407 offering only schemes we do not support.
     case unsupportedSchemes(offered: [String])
     /// 403: the proxy's access rules.
@@ -28,6 +30,10 @@ public enum ProxyConnectError: Error, Sendable, Equatable, CustomStringConvertib
         case .credentialsRejected(let offered, let tried):
             return "the proxy rejected our credentials (it offers \(list(offered)); we tried \(list(tried))): "
                 + "check the user name and password"
+        case .negotiateUnavailable(let offered, let why):
+            return "the proxy asks for Kerberos (it offers \(list(offered))) and no ticket could be used: \(why). "
+                + "Run kinit (KRB5CCNAME picks the cache), and give the proxy by the host name of its HTTP/ service principal; "
+                + "or add --proxy-user for another scheme it offers"
         case .unsupportedSchemes(let offered):
             return "the proxy asks for authentication schemes adit does not support (\(list(offered)))"
         case .denied(let target, let status, let reason):

@@ -56,6 +56,8 @@ public struct ProxyConnectStateMachine: Sendable {
     private var scheme: Scheme?
     private var tried: [String] = []
     private var rounds = 0
+    /// Why Negotiate could not start (no ticket, unknown principal), for the failure sentence.
+    private var negotiateFailure: String?
     /// What to send on a fresh connection when the proxy closed the previous one.
     private var lastRequest: HTTPRequestHead?
 
@@ -172,14 +174,22 @@ public struct ProxyConnectStateMachine: Sendable {
     /// MD5), Basic.
     private mutating func chooseScheme(_ challenges: [AuthenticationChallenge], offered: [String], willClose: Bool) -> Action {
         let schemes = Set(challenges.map(\.scheme))
-        if schemes.contains("negotiate"), !tried.contains("Negotiate"), let negotiator,
-            let token = try? negotiator.nextToken(serverToken: Data()), !token.isEmpty
-        {
-            scheme = .negotiate
-            tried.append("Negotiate")
-            return send(authorization: "Negotiate " + token.base64EncodedString(), willClose: willClose)
+        if schemes.contains("negotiate"), !tried.contains("Negotiate"), let negotiator {
+            do {
+                let token = try negotiator.nextToken(serverToken: Data())
+                if !token.isEmpty {
+                    scheme = .negotiate
+                    tried.append("Negotiate")
+                    return send(authorization: "Negotiate " + token.base64EncodedString(), willClose: willClose)
+                }
+            } catch {
+                negotiateFailure = "\(error)"
+            }
         }
         guard let credentials else {
+            if let negotiateFailure, schemes.contains("negotiate") {
+                return .fail(.negotiateUnavailable(offered: offered, why: negotiateFailure))
+            }
             let supported = schemes.intersection(["basic", "digest", "ntlm", "negotiate"])
             return .fail(supported.isEmpty ? .unsupportedSchemes(offered: offered) : .credentialsRequired(offered: offered))
         }
