@@ -30,7 +30,7 @@ public enum UpgradeHandoff {
         }
         return decoderRemoved.futureResult.assumeIsolated().flatMapThrowing {
             try install(channel)
-            try channel.pipeline.syncOperations.removeHandler(collector)
+            channel.pipeline.syncOperations.removeHandler(collector, promise: nil)
         }.nonisolated()
     }
 }

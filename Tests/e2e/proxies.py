@@ -216,31 +216,32 @@ class Socks5Server:
                 conn.sendall(b"\x05\x05\x00\x01" + bytes(6))   # connection refused
                 return
             conn.sendall(b"\x05\x00\x00\x01" + bytes(6))
-            self._relay(conn, upstream)
+            relay(conn, upstream)
         except (OSError, ConnectionError, ValueError):
             pass
         finally:
             conn.close()
 
-    @staticmethod
-    def _relay(a, b):
-        socks = [a, b]
-        try:
-            while True:
-                readable, _, _ = select.select(socks, [], [], 30)
-                if not readable:
-                    return
-                for s in readable:
-                    data = s.recv(1 << 16)
-                    if not data:
-                        return
-                    (b if s is a else a).sendall(data)
-        finally:
-            b.close()
-
     def stop(self):
         self.stopped = True
         self.listener.close()
+
+
+def relay(a, b):
+    """Copies both ways between two sockets until either side ends (or 30 s of silence); closes `b`."""
+    socks = [a, b]
+    try:
+        while True:
+            readable, _, _ = select.select(socks, [], [], 30)
+            if not readable:
+                return
+            for s in readable:
+                data = s.recv(1 << 16)
+                if not data:
+                    return
+                (b if s is a else a).sendall(data)
+    finally:
+        b.close()
 
 
 def have(*commands: str) -> bool:
@@ -277,7 +278,7 @@ class TLSFront:
             conn = self.context.wrap_socket(raw, server_side=True)
             self.handshakes += 1
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
-            Socks5Server._relay(conn, upstream)
+            relay(conn, upstream)
         except (OSError, ValueError):
             pass
         finally:

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import e2e_helpers as H
-from proxies import PASSWORD, USER, Socks5Server, Squid, Tinyproxy, have
+from proxies import PASSWORD, USER, Socks5Server, Squid, Tinyproxy, have, relay
 
 MiB = H.MiB
 needs_squid = pytest.mark.skipif(not have("squid", "htpasswd"), reason="squid and htpasswd are needed (make test installs them)")
@@ -188,7 +188,7 @@ def test_connect_headers_and_user_agent_reach_the_proxy(adit, targets):
         seen.append(head.decode())
         upstream = socket.create_connection(("127.0.0.1", server.port))
         conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        _relay(conn, upstream)
+        relay(conn, upstream)
 
     proxy = targets.custom("fake-proxy", fake_proxy)
     local = H.free_port()
@@ -200,27 +200,6 @@ def test_connect_headers_and_user_agent_reach_the_proxy(adit, targets):
     assert request.startswith(f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\n"), request
     assert "X-Team: ops" in request and "User-Agent: Mozilla/5.0 (adit test)" in request, request
     assert f"Host: 127.0.0.1:{server.port}" in request
-
-
-def _relay(a, b):
-    def pump(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-    t = threading.Thread(target=pump, args=(b, a), daemon=True)
-    t.start()
-    pump(a, b)
-    t.join(30)
 
 
 # ---------------------------------------------------------------------------------------------------------

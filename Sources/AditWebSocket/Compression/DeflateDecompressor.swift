@@ -56,19 +56,8 @@ public final class DeflateDecompressor {
         stream.pointee.avail_in = UInt32(input.count)
         defer { stream.pointee.next_in = nil }
         while stream.pointee.avail_in > 0 {
-            let room = limit - output.readableBytes
             // One byte past the bound is enough to know the message is too big.
-            let chunk = min(max(input.count * 4, 16 << 10), room + 1)
-            if output.writableBytes < chunk { output.reserveCapacity(minimumWritableBytes: chunk) }
-            var status: Int32 = Z_OK
-            output.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { buffer in
-                let usable = min(buffer.count, chunk)
-                stream.pointee.next_out = buffer.baseAddress!.assumingMemoryBound(to: Bytef.self)
-                stream.pointee.avail_out = UInt32(usable)
-                status = CAditZlib.inflate(stream, Z_SYNC_FLUSH)
-                return usable - Int(stream.pointee.avail_out)
-            }
-            if output.readableBytes > limit { throw .tooLarge(limit) }
+            let (status, _) = try step(into: &output, chunk: max(input.count * 4, 16 << 10), limit: limit)
             switch status {
             case Z_OK:
                 continue
@@ -80,30 +69,33 @@ public final class DeflateDecompressor {
                 // The peer ended the deflate stream (a block with BFINAL set, RFC 7692 §7.2.3.4): what follows
                 // starts a new one.
                 inflateReset(stream)
-            case Z_DATA_ERROR:
-                throw .corrupt(stream.pointee.msg.map { String(cString: $0) } ?? "invalid deflate data")
             default:
                 throw .zlib("inflate", status)
             }
         }
         // All input taken; zlib may still hold output when the last chunk filled up.
         while true {
-            let room = limit - output.readableBytes
-            let chunk = min(16 << 10, room + 1)
-            if output.writableBytes < chunk { output.reserveCapacity(minimumWritableBytes: chunk) }
-            var status: Int32 = Z_OK
-            let produced = output.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { buffer in
-                let usable = min(buffer.count, chunk)
-                stream.pointee.next_out = buffer.baseAddress!.assumingMemoryBound(to: Bytef.self)
-                stream.pointee.avail_out = UInt32(usable)
-                status = CAditZlib.inflate(stream, Z_SYNC_FLUSH)
-                return usable - Int(stream.pointee.avail_out)
-            }
-            if output.readableBytes > limit { throw .tooLarge(limit) }
-            if status == Z_DATA_ERROR {
-                throw .corrupt(stream.pointee.msg.map { String(cString: $0) } ?? "invalid deflate data")
-            }
+            let (_, produced) = try step(into: &output, chunk: 16 << 10, limit: limit)
             if produced == 0 || stream.pointee.avail_out > 0 { return }
         }
+    }
+
+    /// One call of `inflate` into at most `chunk` bytes of `output` (never past `limit` + 1).
+    private func step(into output: inout ByteBuffer, chunk: Int, limit: Int) throws(PerMessageDeflateError) -> (Int32, Int) {
+        let chunk = min(chunk, limit - output.readableBytes + 1)
+        if output.writableBytes < chunk { output.reserveCapacity(minimumWritableBytes: chunk) }
+        var status: Int32 = Z_OK
+        let produced = output.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { buffer in
+            let usable = min(buffer.count, chunk)
+            stream.pointee.next_out = buffer.baseAddress!.assumingMemoryBound(to: Bytef.self)
+            stream.pointee.avail_out = UInt32(usable)
+            status = CAditZlib.inflate(stream, Z_SYNC_FLUSH)
+            return usable - Int(stream.pointee.avail_out)
+        }
+        if output.readableBytes > limit { throw .tooLarge(limit) }
+        if status == Z_DATA_ERROR {
+            throw .corrupt(stream.pointee.msg.map { String(cString: $0) } ?? "invalid deflate data")
+        }
+        return (status, produced)
     }
 }
