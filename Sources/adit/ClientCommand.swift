@@ -160,6 +160,9 @@ struct ClientCommand: AsyncParsableCommand {
         } else if why != "no proxy configured" {
             logger.notice("connecting to \(config.url) directly (\(why))")
         }
+        if route == nil && (proxyUser != nil || proxyPasswordFile != nil || !proxyHeader.isEmpty) {
+            logger.warning("--proxy-user, --proxy-password-file and --proxy-header are ignored: no proxy is in use (\(why))")
+        }
         config.rawMaxMessageSize = compression.rawMaxMessageSize
         config.extraHeaders = try parsedHeaders()
         config.hostHeader = hostHeader

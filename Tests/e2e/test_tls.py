@@ -184,7 +184,24 @@ def test_missing_certificate_files_are_one_sentence(adit_bin, tmp_path):
                         "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "none-key.pem")],
                        capture_output=True, text=True, timeout=10, env=H._child_env())
     assert p.returncode == 1, p.stderr
-    assert "cannot use --tls-cert" in p.stderr and not any(m in p.stderr for m in H.CRASH_MARKERS), p.stderr
+    assert f"--tls-cert {tmp_path / 'none.pem'} does not exist" in p.stderr, p.stderr
+    assert not any(m in p.stderr for m in H.CRASH_MARKERS), p.stderr
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    p = subprocess.run([str(adit_bin), "server", "--allow", "*:*", "--listen", f"127.0.0.1:{H.free_port()}",
+                        "--tls-cert", str(garbage), "--tls-key", str(garbage)],
+                       capture_output=True, text=True, timeout=10, env=H._child_env())
+    assert p.returncode == 1 and "cannot use --tls-cert" in p.stderr, p.stderr
+    client = subprocess.run([str(adit_bin), "client", "wss://127.0.0.1:1/", "-L", "0:h:2", "--ca-file",
+                             str(tmp_path / "nope.pem")], capture_output=True, text=True, timeout=10, env=H._child_env())
+    assert client.returncode == 1 and "--ca-file" in client.stderr and "does not exist" in client.stderr, client.stderr
+
+
+@pytest.mark.deadline(20)
+def test_proxy_options_without_a_proxy_are_reported(adit):
+    server = adit.server(["127.0.0.1:9"])
+    client = adit.client(server.url, [(H.free_port(), "127.0.0.1", 9)], extra=["--proxy-user", "bob"])
+    assert client.wait_for_log("are ignored: no proxy is in use (no proxy configured)")
 
 
 @pytest.mark.skipif(not have("squid", "htpasswd"), reason="squid is needed (make test installs it)")

@@ -1,4 +1,5 @@
 import AditProxy
+import Foundation
 import NIOCore
 import NIOSSL
 
@@ -22,6 +23,7 @@ public struct ClientTLSSettings: Sendable {
 
     /// `host` is what the certificate must name (checked by `TLSReadyHandler`).
     func makeContext(host: String) throws(ConfigurationError) -> NIOSSLContext {
+        try requireFiles([("--ca-file", caFile), ("--tls-cert", certificateFile), ("--tls-key", keyFile)])
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.applicationProtocols = ["http/1.1"]
         if let caFile { configuration.additionalTrustRoots = [.file(caFile)] }
@@ -52,6 +54,7 @@ extension ClientTLSSettings {
     /// For an https:// proxy: full verification of the proxy's certificate (its name, or its address, which
     /// here is the socket's peer), with the system roots and `caFile`.
     func makeProxyContext() throws(ConfigurationError) -> NIOSSLContext {
+        try requireFiles([("--ca-file", caFile)])
         var configuration = TLSConfiguration.makeClientConfiguration()
         if let caFile { configuration.additionalTrustRoots = [.file(caFile)] }
         do {
@@ -64,4 +67,15 @@ extension ClientTLSSettings {
     var settingsPins: [PublicKeyPin] { pins }
     /// Whether the certificate's names are checked (not with --insecure or --pin-only).
     var checksIdentity: Bool { !insecure && !pinOnly }
+}
+
+/// Names the option whose file is missing or unreadable, before TLS reports it as "failedToLoadCertificate".
+func requireFiles(_ files: [(String, String?)]) throws(ConfigurationError) {
+    for (option, path) in files {
+        guard let path else { continue }
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ConfigurationError(FileManager.default.fileExists(atPath: path)
+                ? "\(option) \(path) cannot be read (permissions?)" : "\(option) \(path) does not exist")
+        }
+    }
 }

@@ -14,6 +14,7 @@ public struct ServerTLSSettings: Sendable {
     }
 
     public func makeContext() throws(ConfigurationError) -> NIOSSLContext {
+        try requireFiles([("--tls-cert", certificateFile), ("--tls-key", keyFile), ("--tls-ca", clientCAFile)])
         do {
             let chain = try NIOSSLCertificate.fromPEMFile(certificateFile)
             guard !chain.isEmpty else { throw ConfigurationError("--tls-cert \(certificateFile) holds no certificate") }
