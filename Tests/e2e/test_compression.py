@@ -2,6 +2,7 @@
 inflated messages (decompression bombs), RSV1 without an agreement, options and their errors."""
 
 import base64
+import signal
 import os
 import random
 import socket
@@ -242,3 +243,24 @@ def test_compression_and_raw_usage_errors_exit_64_with_a_sentence(adit_bin, args
     assert p.returncode == EX_USAGE, (p.returncode, err)
     assert "Error:" in err and len(err.strip().splitlines()[0]) > 20, err
     assert not any(m.lower() in err.lower() for m in H.CRASH_MARKERS)
+
+
+@pytest.mark.deadline(40)
+def test_sigterm_lets_raw_bridges_finish_then_closes_them_1001(adit, targets):
+    echo = targets.echo()
+    server = adit.server([f"127.0.0.1:{echo.port}"], extra=["--raw", f"/raw=127.0.0.1:{echo.port}",
+                                                            "--drain-timeout", "2"])
+    s, _ = handshake(server.port, "/raw", None, None)
+    server.signal(signal.SIGTERM)
+    assert server.wait_for_log("draining 0 tunnel(s) and 1 raw bridge(s)", timeout=5)
+    # Still bridging while it drains.
+    s.sendall(masked_frame(b"still here"))
+    s.settimeout(5)
+    got = EARLY.pop(s.fileno(), b"")
+    while b"still here" not in got:
+        got += s.recv(4096)
+    EARLY[s.fileno()] = got[got.index(b"still here") + len(b"still here"):]   # the close may have come along
+    assert read_close_code(s, timeout=10) == 1001
+    s.close()
+    H.wait_until(lambda: not server.alive(), 10, what="the server did not exit after draining")
+    assert server.returncode == 0

@@ -53,7 +53,7 @@ struct WebSocketDialer {
             // TLS to the server (through the proxy's tunnel, if any); the upgrade only once it is checked.
             let host = tls.settings.serverName ?? url.host
             let address = IPAddressBytes.parse(host)
-            let pins = tls.settings.settingsPins
+            let pins = tls.settings.pins
             next = { channel in
                 let sync = channel.pipeline.syncOperations
                 try sync.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: address == nil ? host : nil))

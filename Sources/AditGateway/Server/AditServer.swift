@@ -46,6 +46,8 @@ public final class AditServer: Service, @unchecked Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let ownsGroup: Bool
     private let sessions = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<MuxHandler>]>([:])
+    /// Open raw-bridge WebSockets, so that shutdown can wait for them and then close them with 1001.
+    private let rawBridges = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
     private var listener: (any Channel)?
     private let started: EventLoopPromise<SocketAddress>
@@ -141,6 +143,11 @@ public final class AditServer: Service, @unchecked Sendable {
             guard let self else { throw ChannelError.ioOnClosedChannel }
             if upgrade.route > 0 {
                 let route = self.configuration.rawRoutes[upgrade.route - 1]
+                let id = ObjectIdentifier(channel)
+                self.rawBridges.withLockedValue { $0[id] = channel }
+                channel.closeFuture.whenComplete { [weak self] _ in
+                    _ = self?.rawBridges.withLockedValue { $0.removeValue(forKey: id) }
+                }
                 try RawBridge.installServerSide(on: channel, route: route, upgrade: upgrade, head: head,
                                                 configuration: self.configuration, connector: connector,
                                                 logger: sessionLogger)
@@ -180,17 +187,19 @@ public final class AditServer: Service, @unchecked Sendable {
         })
     }
 
-    /// GOAWAY to every tunnel, then wait for their streams to finish (or the drain timeout).
+    /// GOAWAY to every tunnel, then wait for their streams — and for raw bridges — to finish (or the drain
+    /// timeout); what is left is closed (raw bridges with 1001, going away).
     func drain() async {
         let all = sessions.withLockedValue { Array($0.values) }
-        if !all.isEmpty {
-            logger.notice("shutting down: draining \(all.count) tunnel(s), up to \(configuration.drainTimeout.nanoseconds / 1_000_000_000) s")
+        let raw = rawBridges.withLockedValue { $0.count }
+        if !all.isEmpty || raw > 0 {
+            logger.notice("shutting down: draining \(all.count) tunnel(s) and \(raw) raw bridge(s), up to \(configuration.drainTimeout.nanoseconds / 1_000_000_000) s")
         }
         for bound in all {
             bound.eventLoop.execute { bound.value.beginDrain(reason: "the server is shutting down") }
         }
         let deadline = NIODeadline.now() + configuration.drainTimeout
-        while sessionCount > 0 && NIODeadline.now() < deadline {
+        while (sessionCount > 0 || rawBridges.withLockedValue({ !$0.isEmpty })) && NIODeadline.now() < deadline {
             try? await Task.sleep(nanoseconds: 50_000_000)
         }
         let left = sessions.withLockedValue { Array($0.values) }
@@ -199,6 +208,16 @@ public final class AditServer: Service, @unchecked Sendable {
             for bound in left {
                 bound.eventLoop.execute { bound.value.closeTunnel() }
             }
+        }
+        let leftRaw = rawBridges.withLockedValue { Array($0.values) }
+        if !leftRaw.isEmpty {
+            logger.warning("drain timeout: closing \(leftRaw.count) raw bridge(s) (1001, going away)")
+            for channel in leftRaw {
+                channel.triggerUserOutboundEvent(WebSocketCloseRequest(code: .goingAway, reason: "the server is shutting down"),
+                                                 promise: nil)
+            }
+            // Give the closing handshakes a moment before the event loops stop.
+            try? await Task.sleep(nanoseconds: 300_000_000)
         }
     }
 

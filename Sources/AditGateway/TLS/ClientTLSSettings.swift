@@ -64,7 +64,6 @@ extension ClientTLSSettings {
         }
     }
 
-    var settingsPins: [PublicKeyPin] { pins }
     /// Whether the certificate's names are checked (not with --insecure or --pin-only).
     var checksIdentity: Bool { !insecure && !pinOnly }
 }
