@@ -72,7 +72,7 @@ struct ClientCommand: AsyncParsableCommand {
                                             valueName: "agent"))
     var userAgent: String?
 
-    @OptionGroup(title: "TLS (wss://)") var tls: ClientTLSOptions
+    @OptionGroup(title: "TLS") var tls: ClientTLSOptions
     @OptionGroup var tunnel: TunnelOptions
     @OptionGroup var compression: CompressionOptions
     @OptionGroup var metricsOptions: MetricsOptions

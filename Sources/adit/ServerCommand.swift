@@ -46,7 +46,7 @@ struct ServerCommand: AsyncParsableCommand {
         valueName: "path=host:port"))
     var raw: [String] = []
 
-    @OptionGroup(title: "TLS (wss://)") var tls: ServerTLSOptions
+    @OptionGroup(title: "TLS") var tls: ServerTLSOptions
     @OptionGroup var tunnel: TunnelOptions
     @OptionGroup var compression: CompressionOptions
     @OptionGroup var metricsOptions: MetricsOptions
