@@ -48,9 +48,9 @@ struct ClientCommand: AsyncParsableCommand {
     var connectTimeout: Int = 10
 
     @Option(name: .long, help: ArgumentHelp(
-        "Reach the server through this proxy: http://[USER@]HOST:PORT (CONNECT, with Basic, Digest, NTLM or Negotiate as the proxy asks), socks5://HOST:PORT (names resolved here) or socks5h://HOST:PORT (resolved by the proxy). Without it, http_proxy/HTTP_PROXY (ws://), https_proxy/HTTPS_PROXY (wss://), all_proxy/ALL_PROXY and no_proxy/NO_PROXY are honoured as curl does. Example: --proxy http://proxy.corp:3128",
+        "Reach the server through this proxy: http://[USER@]HOST:PORT (CONNECT, with Basic, Digest, NTLM or Negotiate as the proxy asks), https://… (TLS to the proxy), socks5://HOST:PORT (names resolved here) or socks5h://HOST:PORT (resolved by the proxy). Repeat it for a chain of HTTP proxies, nearest first. Without it, http_proxy/HTTP_PROXY (ws://), https_proxy/HTTPS_PROXY (wss://), all_proxy/ALL_PROXY and no_proxy/NO_PROXY are honoured as curl does. Example: --proxy http://proxy.corp:3128",
         valueName: "url"))
-    var proxy: String?
+    var proxy: [String] = []
 
     @Option(name: .long, help: ArgumentHelp(
         "User for the proxy (DOMAIN\\user for NTLM). The password comes from --proxy-password-file or ADIT_PROXY_PASSWORD, so that it is not visible in ps. Example: --proxy-user alice",
@@ -156,7 +156,8 @@ struct ClientCommand: AsyncParsableCommand {
         }
         config.userAgent = userAgent
         if let route {
-            logger.notice("reaching \(config.url) through the proxy \(route.url) (\(why))")
+            let chain = route.next.map { ", then \($0.url)" }.joined()
+            logger.notice("reaching \(config.url) through the proxy \(route.url)\(chain) (\(why))")
         } else if why != "no proxy configured" {
             logger.notice("connecting to \(config.url) directly (\(why))")
         }

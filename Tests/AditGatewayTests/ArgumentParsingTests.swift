@@ -1,5 +1,6 @@
 import AditGateway
 import AditMux
+import AditProxy
 import Testing
 
 @Suite struct ArgumentParsingTests {
@@ -100,5 +101,46 @@ import Testing
         let again = try SelfSignedCertificate.make(names: ["localhost"], addresses: [], days: 1)
         #expect(again.pin != made.pin)  // a fresh key each time
         #expect(throws: ConfigurationError.self) { _ = try SelfSignedCertificate.make(names: [], addresses: ["nope"], days: 1) }
+    }
+}
+
+@Suite struct ProxyRouteTests {
+    let server = try! TunnelURL.parse("ws://gw.example:8080/")
+
+    @Test func chainsTakeEachHopsUserAndSharePasswords() throws {
+        let (route, why) = try ProxyRoute.resolve(
+            proxy: ["http://near:3128", "http://bob@far:8080"], noProxy: false, user: "alice", passwordFile: nil,
+            connectHeaders: [], server: server, environment: ["ADIT_PROXY_PASSWORD": "pw"])
+        let r = try #require(route)
+        #expect(why == "--proxy")
+        #expect(r.url.host == "near" && r.credentials == ProxyCredentials(user: "alice", password: "pw"))
+        #expect(r.next.map(\.url.host) == ["far"])
+        #expect(r.next[0].credentials == ProxyCredentials(user: "bob", password: "pw"))
+    }
+
+    @Test func badRoutesAreOneSentence() {
+        #expect(throws: ConfigurationError.self) {
+            _ = try ProxyRoute.resolve(proxy: ["http://near:3128", "socks5://s:1080"], noProxy: false, user: nil,
+                                       passwordFile: nil, connectHeaders: [], server: server, environment: [:])
+        }
+        #expect(throws: ConfigurationError.self) {   // a user without a password
+            _ = try ProxyRoute.resolve(proxy: ["http://p:3128"], noProxy: false, user: "alice", passwordFile: nil,
+                                       connectHeaders: [], server: server, environment: [:])
+        }
+        #expect(throws: ConfigurationError.self) {
+            _ = try ProxyRoute.resolve(proxy: ["http://p:3128"], noProxy: false, user: "alice",
+                                       passwordFile: "/nonexistent/adit-pass", connectHeaders: [], server: server,
+                                       environment: [:])
+        }
+    }
+
+    @Test func noProxyAndTheEnvironment() throws {
+        let (none, why) = try ProxyRoute.resolve(proxy: [], noProxy: false, user: nil, passwordFile: nil,
+                                                 connectHeaders: [], server: server,
+                                                 environment: ["http_proxy": "http://p:1", "no_proxy": ".example"])
+        #expect(none == nil && why == "gw.example matches no_proxy entry '.example'")
+        let (env, _) = try ProxyRoute.resolve(proxy: [], noProxy: false, user: nil, passwordFile: nil, connectHeaders: [],
+                                              server: server, environment: ["http_proxy": "http://u:p@p:1"])
+        #expect(env?.credentials == ProxyCredentials(user: "u", password: "p"))
     }
 }

@@ -265,3 +265,20 @@ def test_negotiate_with_a_kerberos_ticket(adit, targets, started, tmp_path, blob
     lonely = failing_client(adit, server.url, ["--proxy", f"http://localhost:{squid.port}"], env=no_ticket)
     line = lonely.wait_for_log("no ticket could be used", timeout=15)
     assert "kinit" in line, line
+
+
+@needs_squid
+@pytest.mark.deadline(60)
+def test_a_chain_of_two_proxies_each_with_its_own_authentication(adit, targets, started, tmp_path, blob):
+    near = started(Squid, "noauth", tmp_path)
+    far = started(Squid, "basic", tmp_path)
+    chain = ["--proxy", near.url, "--proxy", f"http://{USER}@127.0.0.1:{far.port}"]
+    server, client = through(adit, targets, chain, env={"ADIT_PROXY_PASSWORD": PASSWORD}, total=64 * MiB, blob=blob)
+    assert client.wait_for_log(f"through the proxy http://127.0.0.1:{near.port}, then http://{USER}@127.0.0.1:{far.port}")
+    client.stop()
+    H.wait_until(lambda: f"CONNECT 127.0.0.1:{far.port}" in near.access_log(), 10, what="the near proxy saw no CONNECT")
+    H.wait_until(lambda: f"CONNECT 127.0.0.1:{server.port}" in far.access_log(), 10, what="the far proxy saw no CONNECT")
+    # A failure at the second hop names that hop.
+    wrong = failing_client(adit, server.url, chain, env={"ADIT_PROXY_PASSWORD": "wrong"})
+    line = wrong.wait_for_log("the proxy rejected our credentials", timeout=15)
+    assert f"through the proxy http://{USER}@127.0.0.1:{far.port}:" in line, line

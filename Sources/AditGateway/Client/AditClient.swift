@@ -45,7 +45,8 @@ public final class AditClient: Service, @unchecked Sendable {
         /// after setting `url`, `tls` and `proxy`.
         public mutating func prepareTLS() throws(ConfigurationError) {
             tlsContext = url.secure ? try tls.makeContext(host: tls.serverName ?? url.host) : nil
-            proxyTLSContext = proxy?.url.kind == .https ? try tls.makeProxyContext() : nil
+            let httpsHop = proxy.map { [$0.url] + $0.next.map(\.url) }?.contains { $0.kind == .https } ?? false
+            proxyTLSContext = httpsHop ? try tls.makeProxyContext() : nil
         }
 
         public init(url: TunnelURL, forwards: [ForwardSpec]) {

@@ -71,10 +71,15 @@ struct WebSocketDialer {
             dialled = bootstrap(on: eventLoop) { channel in try upgrade.value(channel) }
                 .connect(host: url.host, port: url.port)
         case .http, .https:
-            let machine = ProxyConnectStateMachine(target: authority, credentials: proxy!.credentials,
-                                                   extraHeaders: connectHeaders,
-                                                   negotiator: GSSAPINegotiator(proxyHost: proxy!.url.host))
-            dialled = dialHTTPProxy(machine, attempt: 1, on: eventLoop, upgrade: upgrade)
+            // One CONNECT per hop: each asks for the next hop, the last for the server.
+            let hops = [ProxyRoute.Hop(url: proxy!.url, credentials: proxy!.credentials)] + proxy!.next
+            let machines = hops.indices.map { k in
+                ProxyConnectStateMachine(
+                    target: k + 1 < hops.count ? Self.authority(hops[k + 1].url.host, hops[k + 1].url.port) : authority,
+                    credentials: hops[k].credentials, extraHeaders: connectHeaders,
+                    negotiator: GSSAPINegotiator(proxyHost: hops[k].url.host))
+            }
+            dialled = dialHTTPProxy(machines, attempt: 1, on: eventLoop, upgrade: upgrade)
         case .socks5, .socks5h:
             dialled = dialSOCKS5(on: eventLoop, upgrade: upgrade)
         }
@@ -89,8 +94,10 @@ struct WebSocketDialer {
     }
 
     /// host:port of the server, as CONNECT and Digest want it.
-    var authority: String {
-        (url.host.contains(":") ? "[\(url.host)]" : url.host) + ":\(url.port)"
+    var authority: String { Self.authority(url.host, url.port) }
+
+    static func authority(_ host: String, _ port: Int) -> String {
+        (host.contains(":") ? "[\(host)]" : host) + ":\(port)"
     }
 
     private var connectHeaders: [(String, String)] {
@@ -109,39 +116,65 @@ struct WebSocketDialer {
             }
     }
 
-    /// One connection to the proxy per attempt: proxies that close after a 407 (tinyproxy) get a new one.
-    private func dialHTTPProxy(_ machine: ProxyConnectStateMachine, attempt: Int, on eventLoop: any EventLoop,
+    /// One connection to the first proxy per attempt: proxies that close after a 407 (tinyproxy) get a new one.
+    /// With a chain, each hop's CONNECT runs inside the tunnel of the one before (`machines[k]` asks hop k for
+    /// hop k+1, the last for the server); a hop that needs a new connection means dialling the chain again,
+    /// every hop keeping what it learnt.
+    private func dialHTTPProxy(_ machines: [ProxyConnectStateMachine], attempt: Int, on eventLoop: any EventLoop,
                                upgrade: NIOLoopBound<(any Channel) throws -> Void>) -> EventLoopFuture<any Channel> {
         let proxy = self.proxy!
-        let outcome = eventLoop.makePromise(of: ProxyConnectHandler.Outcome.self)
+        let hops = [ProxyRoute.Hop(url: proxy.url, credentials: proxy.credentials)] + proxy.next
+        let outcomes = machines.map { _ in eventLoop.makePromise(of: ProxyConnectHandler.Outcome.self) }
         let timeout = connectTimeout
-        let proxyTLS = proxy.url.kind == .https ? self.proxyTLS : nil
-        let connected = bootstrap(on: eventLoop) { channel in
-            let sync = channel.pipeline.syncOperations
-            if let proxyTLS {
-                let host = proxy.url.host
-                try sync.addHandler(NIOSSLClientHandler(context: proxyTLS,
-                                                        serverHostname: IPAddressBytes.parse(host) == nil ? host : nil))
-            }
-            try sync.addHandler(ProxyConnectHandler(machine: machine, timeout: timeout, done: outcome, install: upgrade.value))
-        }.connect(host: proxy.url.host, port: proxy.url.port)
-        connected.whenFailure { outcome.fail($0) }
-        return connected.flatMap { channel in
-            outcome.futureResult.flatMapErrorThrowing { error in
-                // Before CONNECT succeeded, a TLS error is about the https:// proxy, not the server.
-                if let tlsError = error as? NIOSSLError { throw ProxyTLSFailure(underlying: tlsError) }
-                throw error
-            }.flatMap { result in
-                switch result {
-                case .established:
-                    return eventLoop.makeSucceededFuture(channel)
-                case .reconnect(let next):
-                    channel.close(promise: nil)
-                    guard attempt < 6 else {
-                        return eventLoop.makeFailedFuture(ProxyConnectError.tooManyRounds(attempt))
-                    }
-                    return self.dialHTTPProxy(next, attempt: attempt + 1, on: eventLoop, upgrade: upgrade)
+        let proxyTLS = self.proxyTLS
+        // Hop k's handlers (TLS for an https:// hop, then its CONNECT), installing what comes after it.
+        func handlers(_ k: Int, then next: @escaping (any Channel) throws -> Void) -> (any Channel) throws -> Void {
+            { channel in
+                let sync = channel.pipeline.syncOperations
+                if hops[k].url.kind == .https, let proxyTLS {
+                    let host = hops[k].url.host
+                    try sync.addHandler(NIOSSLClientHandler(context: proxyTLS,
+                                                            serverHostname: IPAddressBytes.parse(host) == nil ? host : nil))
                 }
+                try sync.addHandler(ProxyConnectHandler(machine: machines[k], timeout: timeout, done: outcomes[k],
+                                                        install: next))
+            }
+        }
+        var chain = upgrade.value
+        for k in hops.indices.reversed() { chain = handlers(k, then: chain) }
+        let install = NIOLoopBound(chain, eventLoop: eventLoop)
+        let connected = bootstrap(on: eventLoop) { channel in try install.value(channel) }
+            .connect(host: proxy.url.host, port: proxy.url.port)
+        connected.whenFailure { error in outcomes.forEach { $0.fail(error) } }
+        return connected.flatMap { channel in
+            self.awaitHops(outcomes, from: 0, hops: hops, machines: machines, channel: channel, attempt: attempt,
+                           on: eventLoop, upgrade: upgrade)
+        }
+    }
+
+    private func awaitHops(_ outcomes: [EventLoopPromise<ProxyConnectHandler.Outcome>], from k: Int, hops: [ProxyRoute.Hop],
+                           machines: [ProxyConnectStateMachine], channel: any Channel, attempt: Int,
+                           on eventLoop: any EventLoop,
+                           upgrade: NIOLoopBound<(any Channel) throws -> Void>) -> EventLoopFuture<any Channel> {
+        guard k < outcomes.count else { return eventLoop.makeSucceededFuture(channel) }
+        return outcomes[k].futureResult.flatMapErrorThrowing { error in
+            channel.close(promise: nil)
+            // Before its CONNECT succeeded, a TLS error is about the https:// proxy, not the server.
+            let error: any Error = (error as? NIOSSLError).map { ProxyTLSFailure(underlying: $0) } ?? error
+            throw k == 0 ? error : ChainHopFailure(proxy: hops[k].url, underlying: error)
+        }.flatMap { result in
+            switch result {
+            case .established:
+                return self.awaitHops(outcomes, from: k + 1, hops: hops, machines: machines, channel: channel,
+                                      attempt: attempt, on: eventLoop, upgrade: upgrade)
+            case .reconnect(let next):
+                channel.close(promise: nil)
+                guard attempt < 6 else {
+                    return eventLoop.makeFailedFuture(ProxyConnectError.tooManyRounds(attempt))
+                }
+                var machines = machines
+                machines[k] = next
+                return self.dialHTTPProxy(machines, attempt: attempt + 1, on: eventLoop, upgrade: upgrade)
             }
         }
     }
