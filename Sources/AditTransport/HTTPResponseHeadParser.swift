@@ -16,12 +16,39 @@ public struct HTTPResponseHeadParser: Sendable {
         case head(HTTPResponseHead, rest: ByteBuffer)
     }
 
-    public static let maxHeadSize = 16 << 10
     private var buffer: ByteBuffer?
 
     public init() {}
 
     public mutating func append(_ bytes: ByteBuffer) throws(HTTPResponseParseError) -> Result {
+        guard let (lines, rest) = try HTTPHeadScanner.take(bytes, into: &buffer) else { return .needMoreData }
+        return .head(try Self.parse(lines), rest: rest)
+    }
+
+    static func parse(_ lines: [String]) throws(HTTPResponseParseError) -> HTTPResponseHead {
+        var lines = lines
+        guard !lines.isEmpty else { throw HTTPResponseParseError("an empty answer") }
+        let statusLine = lines.removeFirst()
+        let parts = statusLine.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let code = Int(parts[1]), (100...999).contains(code) else {
+            throw HTTPResponseParseError("it starts with \"\(statusLine.prefix(60))\"")
+        }
+        let minor = parts[0] == "HTTP/1.0" ? 0 : 1
+        let reason = parts.count > 2 ? String(parts[2]) : ""
+        return HTTPResponseHead(version: .init(major: 1, minor: minor),
+                                status: HTTPResponseStatus(statusCode: code, reasonPhrase: reason),
+                                headers: try HTTPHeadScanner.headers(lines))
+    }
+}
+
+/// What the request and response head parsers share: finding the end of a head, and its header lines.
+enum HTTPHeadScanner {
+    static let maxHeadSize = 16 << 10
+
+    /// Appends `bytes` to `buffer`; once a whole head is there, returns its lines and what follows it.
+    static func take(_ bytes: ByteBuffer, into buffer: inout ByteBuffer?) throws(HTTPResponseParseError)
+        -> (lines: [String], rest: ByteBuffer)?
+    {
         if buffer == nil {
             buffer = bytes
         } else {
@@ -29,15 +56,15 @@ public struct HTTPResponseHeadParser: Sendable {
             buffer!.writeBuffer(&more)
         }
         let view = buffer!.readableBytesView
-        guard let end = Self.endOfHead(view) else {
-            if view.count > Self.maxHeadSize { throw HTTPResponseParseError("the HTTP head is larger than 16 KiB") }
-            return .needMoreData
+        guard let end = endOfHead(view) else {
+            if view.count > maxHeadSize { throw HTTPResponseParseError("the HTTP head is larger than 16 KiB") }
+            return nil
         }
-        let headText = String(decoding: view[view.startIndex..<end], as: UTF8.self)
+        let text = String(decoding: view[view.startIndex..<end], as: UTF8.self)
         var rest = buffer!
         rest.moveReaderIndex(to: end + 4)
         buffer = nil
-        return .head(try Self.parse(headText), rest: rest)
+        return (text.split(separator: "\r\n", omittingEmptySubsequences: false).map(String.init), rest)
     }
 
     private static func endOfHead(_ view: ByteBufferView) -> Int? {
@@ -49,15 +76,7 @@ public struct HTTPResponseHeadParser: Sendable {
         return nil
     }
 
-    static func parse(_ text: String) throws(HTTPResponseParseError) -> HTTPResponseHead {
-        var lines = text.split(separator: "\r\n", omittingEmptySubsequences: false).map(String.init)
-        guard !lines.isEmpty else { throw HTTPResponseParseError("an empty answer") }
-        let statusLine = lines.removeFirst()
-        let parts = statusLine.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let code = Int(parts[1]), (100...999).contains(code) else {
-            throw HTTPResponseParseError("it starts with \"\(statusLine.prefix(60))\"")
-        }
-        let minor = parts[0] == "HTTP/1.0" ? 0 : 1
+    static func headers(_ lines: [String]) throws(HTTPResponseParseError) -> HTTPHeaders {
         var headers = HTTPHeaders()
         for line in lines where !line.isEmpty {
             guard let colon = line.firstIndex(of: ":") else {
@@ -66,9 +85,7 @@ public struct HTTPResponseHeadParser: Sendable {
             headers.add(name: String(line[..<colon]).trimmingCharacters(in: .whitespaces),
                         value: String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces))
         }
-        let reason = parts.count > 2 ? String(parts[2]) : ""
-        return HTTPResponseHead(version: .init(major: 1, minor: minor),
-                                status: HTTPResponseStatus(statusCode: code, reasonPhrase: reason), headers: headers)
+        return headers
     }
 }
 

@@ -3,14 +3,15 @@ import Logging
 import NIOCore
 import NIOHTTP1
 
-/// Reads one HTTP request and either switches the connection to WebSocket (calling `onUpgrade` to install the
-/// data-phase handlers) or answers with a short plain-text refusal and closes.
+/// Reads one HTTP request and either switches the connection to WebSocket — `onUpgrade` installs the data
+/// phase after this handler, which hands it whatever the client sent behind its request and leaves, all in
+/// one step — or answers with a short plain-text refusal and closes.
 ///
-/// Install after `HTTPResponseEncoder` and `ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy:
-/// .forwardBytes))`: bytes the client sent after its request reach the new handlers.
+/// Works on raw bytes (see `HTTPRequestHeadParser`): add it to a fresh connection, after TLS if any.
 public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
-    public typealias InboundIn = HTTPServerRequestPart
-    public typealias OutboundOut = HTTPServerResponsePart
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
 
     public typealias UpgradeCallback = (any Channel, HTTPRequestHead, WebSocketUpgrade) throws -> Void
 
@@ -18,7 +19,7 @@ public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, Remov
     private let timeout: TimeAmount
     private let onUpgrade: UpgradeCallback
     private let logger: Logger
-    private var head: HTTPRequestHead?
+    private var parser = HTTPRequestHeadParser()
     private var done = false
     private var timer: Scheduled<Void>?
 
@@ -41,68 +42,64 @@ public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, Remov
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !done else { return }
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            self.head = head
-        case .body:
-            break
-        case .end:
-            guard let head else { return }
-            done = true
-            // Answer outside the decoder's decode loop, which defers the decoder's removal until it ends.
-            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            context.eventLoop.execute {
-                let (handler, context) = bound.value
-                handler.respond(to: head, context: context)
+        do {
+            switch try parser.append(unwrapInboundIn(data)) {
+            case .needMoreData:
+                return
+            case .head(let head, let rest):
+                done = true
+                respond(to: head, rest: rest, context: context)
             }
+        } catch {
+            // Not HTTP at all: nothing sensible to answer.
+            done = true
+            logger.debug("bad request on the tunnel port", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
         }
     }
 
-    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // Not HTTP at all: nothing sensible to answer.
-        logger.debug("bad request on the tunnel port", metadata: ["error": "\(error)"])
-        context.close(promise: nil)
-    }
-
-    private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
+    private func respond(to head: HTTPRequestHead, rest: ByteBuffer, context: ChannelHandlerContext) {
         switch WebSocketHandshake.evaluate(request: head, routes: routes) {
         case .refuse(let status, let text, let extra):
             logger.info("refused HTTP request", metadata: [
                 "status": "\(status.code)", "uri": "\(head.uri)",
                 "user_agent": "\(head.headers["User-Agent"].first ?? "")",
             ])
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
-            headers.add(name: "Content-Length", value: "\(text.utf8.count)")
-            headers.add(name: "Connection", value: "close")
-            for (n, v) in extra { headers.add(name: n, value: v) }
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
-                          promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: text)))), promise: nil)
+            var headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "\(text.utf8.count)"),
+                           ("Connection", "close")]
+            headers += extra
+            let answer = Self.head(status, headers) + text
             let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
-        case .upgrade(let upgrade):
-            var headers = HTTPHeaders()
-            headers.add(name: "Upgrade", value: "websocket")
-            headers.add(name: "Connection", value: "Upgrade")
-            headers.add(name: "Sec-WebSocket-Accept", value: upgrade.accept)
-            if let selected = upgrade.subprotocol { headers.add(name: "Sec-WebSocket-Protocol", value: selected) }
-            if let response = upgrade.extensionResponse {
-                headers.add(name: "Sec-WebSocket-Extensions", value: response.offer.headerValue)
-            }
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .switchingProtocols,
-                                                                  headers: headers))), promise: nil)
-            context.flush()
-            let logger = self.logger
-            let onUpgrade = self.onUpgrade
-            let channel = context.channel
-            UpgradeHandoff.perform(context: context, encoder: HTTPResponseEncoder.self,
-                                   decoder: ByteToMessageHandler<HTTPRequestDecoder>.self) { channel in
-                try onUpgrade(channel, head, upgrade)
-            }.whenFailure { error in
-                logger.error("could not switch the connection to WebSocket: \(error)")
+            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(string: answer))).whenComplete { _ in
                 channel.close(promise: nil)
             }
+        case .upgrade(let upgrade):
+            var headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", upgrade.accept)]
+            if let selected = upgrade.subprotocol { headers.append(("Sec-WebSocket-Protocol", selected)) }
+            if let response = upgrade.extensionResponse {
+                headers.append(("Sec-WebSocket-Extensions", response.offer.headerValue))
+            }
+            let answer = context.channel.allocator.buffer(string: Self.head(.switchingProtocols, headers))
+            context.writeAndFlush(wrapOutboundOut(answer), promise: nil)
+            do {
+                try onUpgrade(context.channel, head, upgrade)
+            } catch {
+                logger.error("could not switch the connection to WebSocket: \(error)")
+                context.close(promise: nil)
+                return
+            }
+            // The new handlers sit after this one: hand them what followed the request, then step aside.
+            if rest.readableBytes > 0 {
+                context.fireChannelRead(wrapInboundOut(rest))
+                context.fireChannelReadComplete()
+            }
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
+    }
+
+    static func head(_ status: HTTPResponseStatus, _ headers: [(String, String)]) -> String {
+        var text = "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n"
+        for (name, value) in headers { text += "\(name): \(value)\r\n" }
+        return text + "\r\n"
     }
 }

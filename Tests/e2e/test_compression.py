@@ -264,3 +264,31 @@ def test_sigterm_lets_raw_bridges_finish_then_closes_them_1001(adit, targets):
     s.close()
     H.wait_until(lambda: not server.alive(), 10, what="the server did not exit after draining")
     assert server.returncode == 0
+
+
+@pytest.mark.deadline(30)
+def test_frames_sent_right_behind_the_request_reach_the_target(adit, targets):
+    """RFC 6455 has clients wait for the 101, but some do not: a message and a close sent in the same write as
+    the request still reach the raw bridge's target."""
+    seen = []
+
+    def recorder(conn, srv):
+        data = b""
+        conn.settimeout(5)
+        try:
+            while chunk := conn.recv(4096):
+                data += chunk
+        except OSError:
+            pass
+        seen.append(data)
+
+    target = targets.custom("recorder", recorder)
+    server = adit.server([f"127.0.0.1:{target.port}"], extra=["--raw", f"/raw=127.0.0.1:{target.port}"])
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    s.sendall(request + masked_frame(b"early bird") + masked_frame(b"\x03\xe8", opcode=8))
+    H.wait_until(lambda: seen, 10, what="the target saw no connection end")
+    assert seen[0] == b"early bird"
+    s.close()

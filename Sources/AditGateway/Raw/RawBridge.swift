@@ -43,7 +43,9 @@ enum RawBridge {
                 do {
                     try target.pipeline.syncOperations.addHandler(tcpSide)
                     try target.syncOptions?.setOption(.autoRead, value: true)
-                    try channel.syncOptions?.setOption(.autoRead, value: true)
+                    // The WebSocket may already have ended (a client that sent its message and close at once):
+                    // then tcpSide writes what it got and closes the target itself, once that is written.
+                    if channel.isActive { try channel.syncOptions?.setOption(.autoRead, value: true) }
                 } catch {
                     target.close(promise: nil)
                     channel.close(promise: nil)

@@ -136,8 +136,6 @@ public final class AditServer: Service, @unchecked Sendable {
         let mux = configuration.mux
         let sessionLogger = logger
         let pipeline = channel.pipeline.syncOperations
-        try pipeline.addHandler(HTTPResponseEncoder())
-        try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)))
         try pipeline.addHandler(WebSocketServerHandshakeHandler(routes: routes, logger: logger) {
             [weak self] channel, head, upgrade in
             guard let self else { throw ChannelError.ioOnClosedChannel }
