@@ -180,7 +180,7 @@ def start_tunnel(bench, mode, sink_port):
     if not H.wait_port(t.sport, 15, t.server):
         raise RuntimeError("adit server (%s) did not listen: %s" % (
             mode, bench.procs.log_tail("adit-server-comp-" + mode)))
-    argv_c = [c.adit_bin, "client", "ws://%s:%d/" % (H.HOST, t.sport),
+    argv_c = [c.adit_bin, "client", "ws://%s:%d/" % (H.HOST, t.sport), "--no-proxy",
               "-L", "%s:%d:%s:%d" % (H.HOST, t.lport, H.HOST, sink_port),
               "--metrics", "%s:%d" % (H.HOST, t.mcport)]
     argv_c += flags + shlex.split(os.environ.get("ADIT_CLIENT_ARGS", ""))
@@ -496,7 +496,7 @@ def run_shaped(bench, res, corpus):
             started.append(ps)
             if not ns_listening(ip, nss, sport, 15, ps):
                 raise RuntimeError("adit server in %s did not listen: %s" % (nss, bench.procs.log_tail(name_s)))
-            argv_c = [c.adit_bin, "client", "ws://%s:%d/" % (sip, sport),
+            argv_c = [c.adit_bin, "client", "ws://%s:%d/" % (sip, sport), "--no-proxy",
                       "-L", "127.0.0.1:%d:%s:%d" % (lport, sip, sink_port), "--compression", mode]
             argv_c += shlex.split(os.environ.get("ADIT_CLIENT_ARGS", ""))
             pc = bench.procs.start(name_c, ex_c + argv_c)

@@ -487,6 +487,9 @@ class Bench:
             argv_c += ["-L", "%s:%d:%s:%d" % (HOST, lp, HOST, tport)]
             path.ports[tname] = lp
         argv_c += list(client_args) + shlex.split(os.environ.get("ADIT_CLIENT_ARGS", ""))
+        if not any(a == "--no-proxy" or a.startswith("--proxy") for a in argv_c):
+            # A proxy in the environment (adit honours http_proxy as curl does) must not carry the tunnel.
+            argv_c.append("--no-proxy")
         pc = self.procs.start("adit-client" + tag, argv_c)
         path.procs.append(pc)
         if not wait_port(path.ports["echo"], 15, pc):
