@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 import e2e_helpers as H
+from proxies import stop_process
 
 MiB = H.MiB
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -151,13 +152,7 @@ class EchoServers:
             raise RuntimeError(f"websockets servers did not start (see {log_path})")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
