@@ -125,31 +125,16 @@ public final class AditClient: Service, @unchecked Sendable {
             return
         }
         var addresses: [SocketAddress] = []
+        let manager = self.manager
         for forward in configuration.forwards {
             let target = forward.target
-            let manager = self.manager
-            let bootstrap = configuration.channelOptions.apply(toEndpointListener: ServerBootstrap(group: eventLoop))
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(AcceptedConnectionHandler { channel in
-                            manager.value.handle(connection: channel, target: target)
-                        })
-                    }
-                }
-            let listener: any Channel
-            do {
-                listener = try await bootstrap.bind(host: forward.bind.host, port: forward.bind.port).get()
-            } catch {
-                for l in listeners { try? await l.close() }
-                throw ConfigurationError("cannot listen on \(forward.bind) for -L \(forward): \(describeBindError(error))")
+            let address = try await listen(on: forward.bind, what: "-L \(forward)") { channel in
+                manager.value.handle(connection: channel, target: target)
             }
-            listeners.append(listener)
-            let address = listener.localAddress!
             addresses.append(address)
             logger.notice("forwarding \(HostPort(host: address.ipAddress ?? forward.bind.host, port: address.port ?? 0)) -> \(forward.target) via \(configuration.url)")
         }
         started.succeed(addresses)
-        let manager = self.manager
         eventLoop.execute { manager.value.start() }
     }
 
@@ -161,28 +146,35 @@ public final class AditClient: Service, @unchecked Sendable {
         let maxMessageSize = configuration.rawMaxMessageSize
         let compression = configuration.compression
         for bind in configuration.rawListeners {
-            let bootstrap = configuration.channelOptions.apply(toEndpointListener: ServerBootstrap(group: eventLoop))
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(AcceptedConnectionHandler { channel in
-                            RawBridge.bridgeLocalConnection(channel, dialer: dialer, maxMessageSize: maxMessageSize,
-                                                            compression: compression, logger: logger)
-                        })
-                    }
-                }
-            let listener: any Channel
-            do {
-                listener = try await bootstrap.bind(host: bind.host, port: bind.port).get()
-            } catch {
-                for l in listeners { try? await l.close() }
-                throw ConfigurationError("cannot listen on \(bind) for -L: \(describeBindError(error))")
+            let address = try await listen(on: bind, what: "-L") { channel in
+                RawBridge.bridgeLocalConnection(channel, dialer: dialer, maxMessageSize: maxMessageSize,
+                                                compression: compression, logger: logger)
             }
-            listeners.append(listener)
-            let address = listener.localAddress!
             addresses.append(address)
             logger.notice("forwarding \(HostPort(host: address.ipAddress ?? bind.host, port: address.port ?? 0)) over raw WebSockets to \(configuration.url) (compression \(compression.mode.rawValue))")
         }
         started.succeed(addresses)
+    }
+
+    /// Binds one local listener whose accepted connections go to `onConnection` once active; on failure the
+    /// listeners bound so far are closed and the error names `what` was being listened for.
+    private func listen(on bind: HostPort, what: String,
+                        onConnection: @escaping @Sendable (any Channel) -> Void) async throws -> SocketAddress {
+        let bootstrap = configuration.channelOptions.apply(toEndpointListener: ServerBootstrap(group: eventLoop))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptedConnectionHandler(onActive: onConnection))
+                }
+            }
+        let listener: any Channel
+        do {
+            listener = try await bootstrap.bind(host: bind.host, port: bind.port).get()
+        } catch {
+            for l in listeners { try? await l.close() }
+            throw ConfigurationError("cannot listen on \(bind) for \(what): \(describeBindError(error))")
+        }
+        listeners.append(listener)
+        return listener.localAddress!
     }
 
     private func stop() async {
