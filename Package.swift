@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
     ],
     targets: [
         // The message type passed between the multiplexer and the transport, without copies.
@@ -52,10 +53,11 @@ let package = Package(
             name: "CAditZlib",
             linkerSettings: [.linkedLibrary("z")]
         ),
-        // The system GSSAPI (Debian: libkrb5-dev), for Negotiate/Kerberos proxy authentication.
+        // The system GSSAPI (libgssapi_krb5.so.2), loaded at run time for Negotiate/Kerberos proxy
+        // authentication: nothing of Kerberos is needed to build, nor to run without Negotiate.
         .target(
             name: "CAditGSSAPI",
-            linkerSettings: [.linkedLibrary("gssapi_krb5")]
+            linkerSettings: [.linkedLibrary("dl")]
         ),
         // RFC 6455 frame codec with fast masking, client and server upgrade handshakes, permessage-deflate.
         .target(
@@ -101,6 +103,7 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOSOCKS", package: "swift-nio-extras"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -154,6 +157,9 @@ let package = Package(
                 "AditGateway",
                 "AditMux",
                 "AditProxy",
+                "AditTransport",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSOCKS", package: "swift-nio-extras"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

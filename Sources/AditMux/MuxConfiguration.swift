@@ -16,6 +16,13 @@ public struct MuxConfiguration: Sendable {
     public var keepaliveInterval: TimeAmount = .seconds(30)
     /// Streams open at once, each direction together; more are reset with "resource limit".
     public var maxConcurrentStreams: Int = 65_536
+    /// Listeners the peer may ask us to hold at once (LISTEN), when we announce `.reverse`.
+    public var maxListeners: Int = 256
+    /// Datagrams read from an endpoint and not yet framed, per datagram stream, in bytes: past it new datagrams
+    /// are dropped (as a congested router would), so a fast sender never blocks other streams or grows memory.
+    public var datagramQueueLimit: Int = 256 << 10
+    /// What we accept beyond the core protocol, announced in HELLO.
+    public var features: MuxFeatures = []
 
     public init() {}
 }

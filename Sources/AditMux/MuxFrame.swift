@@ -4,14 +4,16 @@ import NIOCore
 /// never copies.
 public enum MuxFrame: Equatable, Sendable {
     case data(StreamID, ByteBuffer, fin: Bool)
-    case open(StreamID, MuxTarget)
-    case openOK(StreamID)
+    case open(StreamID, MuxOpenRequest)
+    /// `bound` answers a LISTEN with the address actually listened on; nil for an ordinary OPEN.
+    case openOK(StreamID, bound: MuxTarget?)
     case reset(StreamID, ResetCode, reason: String)
     case windowUpdate(StreamID, increment: UInt32)
     case ping(UInt64)
     case pong(UInt64)
     case goAway(lastStreamID: StreamID, code: ResetCode, reason: String)
     case hello(MuxHello)
+    case listen(StreamID, MuxListenRequest)
     /// A frame type this version does not know; ignored on receipt so later versions can add frames.
     case unknown(type: UInt8, StreamID)
 
@@ -25,19 +27,25 @@ public enum MuxFrame: Equatable, Sendable {
         case pong = 0x6
         case goAway = 0x7
         case hello = 0x8
+        case listen = 0x9
     }
 
     public static let headerSize = 9
     /// The 24-bit length field bounds every payload.
     public static let maxPayloadSize = (1 << 24) - 1
+    /// DATA: the sender will send no more on this stream.
     public static let finFlag: UInt8 = 0x1
+    /// OPEN, LISTEN: the stream (or the listener's streams) carry datagrams.
+    public static let datagramFlag: UInt8 = 0x2
+    /// OPEN: a connection accepted on a listener of the receiver's LISTEN; the payload starts with its ID.
+    public static let reverseFlag: UInt8 = 0x4
     /// Reasons in RESET and GOAWAY are cut to this many bytes.
     public static let maxReasonBytes = 256
 
     public var streamID: StreamID {
         switch self {
-        case .data(let id, _, _), .open(let id, _), .openOK(let id), .reset(let id, _, _),
-            .windowUpdate(let id, _), .unknown(_, let id):
+        case .data(let id, _, _), .open(let id, _), .openOK(let id, _), .reset(let id, _, _),
+            .windowUpdate(let id, _), .listen(let id, _), .unknown(_, let id):
             return id
         case .ping, .pong, .goAway, .hello:
             return .session
@@ -54,10 +62,14 @@ public struct MuxHello: Equatable, Sendable {
     public var initialWindow: UInt32
     /// The largest WebSocket message the announcer accepts.
     public var maxMessageSize: UInt32
+    /// What the announcer accepts beyond the core protocol (absent on the wire = none).
+    public var features: MuxFeatures
 
-    public init(version: UInt8 = MuxHello.currentVersion, initialWindow: UInt32, maxMessageSize: UInt32) {
+    public init(version: UInt8 = MuxHello.currentVersion, initialWindow: UInt32, maxMessageSize: UInt32,
+                features: MuxFeatures = []) {
         self.version = version
         self.initialWindow = initialWindow
         self.maxMessageSize = maxMessageSize
+        self.features = features
     }
 }

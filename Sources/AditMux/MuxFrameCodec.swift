@@ -26,12 +26,26 @@ public enum MuxFrameCodec {
         case .data(let id, var payload, let fin):
             writeDataHeader(streamID: id, length: payload.readableBytes, fin: fin, into: &buffer)
             buffer.writeBuffer(&payload)
-        case .open(let id, let target):
-            let body = targetBytes(target)
-            writeHeader(length: body.count, type: .open, flags: 0, streamID: id, into: &buffer)
+        case .open(let id, let request):
+            var flags: UInt8 = request.kind == .datagram ? MuxFrame.datagramFlag : 0
+            var body: [UInt8] = []
+            if let listener = request.listener {
+                flags |= MuxFrame.reverseFlag
+                body = [UInt8(listener.rawValue >> 24), UInt8(listener.rawValue >> 16 & 0xFF),
+                        UInt8(listener.rawValue >> 8 & 0xFF), UInt8(listener.rawValue & 0xFF)]
+            }
+            body += targetBytes(request.target)
+            writeHeader(length: body.count, type: .open, flags: flags, streamID: id, into: &buffer)
             buffer.writeBytes(body)
-        case .openOK(let id):
-            writeHeader(length: 0, type: .openOK, flags: 0, streamID: id, into: &buffer)
+        case .openOK(let id, let bound):
+            let body = bound.map(targetBytes) ?? []
+            writeHeader(length: body.count, type: .openOK, flags: 0, streamID: id, into: &buffer)
+            buffer.writeBytes(body)
+        case .listen(let id, let request):
+            let body = targetBytes(request.bind)
+            writeHeader(length: body.count, type: .listen, flags: request.kind == .datagram ? MuxFrame.datagramFlag : 0,
+                        streamID: id, into: &buffer)
+            buffer.writeBytes(body)
         case .reset(let id, let code, let reason):
             let text = truncated(reason)
             writeHeader(length: 1 + text.count, type: .reset, flags: 0, streamID: id, into: &buffer)
@@ -53,10 +67,8 @@ public enum MuxFrameCodec {
             buffer.writeInteger(code.rawValue)
             buffer.writeBytes(text)
         case .hello(let hello):
-            writeHeader(length: 9, type: .hello, flags: 0, streamID: .session, into: &buffer)
-            buffer.writeInteger(hello.version)
-            buffer.writeInteger(hello.initialWindow)
-            buffer.writeInteger(hello.maxMessageSize)
+            writeHeader(length: 13, type: .hello, flags: 0, streamID: .session, into: &buffer)
+            buffer.writeMultipleIntegers(hello.version, hello.initialWindow, hello.maxMessageSize, hello.features.rawValue)
         case .unknown(let type, let id):
             buffer.writeMultipleIntegers(UInt32(type), UInt8(0), id.rawValue)
         }
@@ -122,11 +134,22 @@ public enum MuxFrameCodec {
             return .data(id, payload, fin: flags & MuxFrame.finFlag != 0)
         case .open:
             try requireStream()
-            return .open(id, try decodeTarget(&payload))
+            var listener: StreamID? = nil
+            if flags & MuxFrame.reverseFlag != 0 {
+                guard let raw = payload.readInteger(as: UInt32.self), raw != 0 else {
+                    throw MuxProtocolError(.badTarget, "reverse OPEN without its listener's stream ID")
+                }
+                listener = StreamID(raw)
+            }
+            let kind: MuxStreamKind = flags & MuxFrame.datagramFlag != 0 ? .datagram : .stream
+            return .open(id, MuxOpenRequest(target: try decodeTarget(&payload), kind: kind, listener: listener))
         case .openOK:
             try requireStream()
-            try requireLength(0)
-            return .openOK(id)
+            return .openOK(id, bound: length == 0 ? nil : try decodeTarget(&payload))
+        case .listen:
+            try requireStream()
+            let kind: MuxStreamKind = flags & MuxFrame.datagramFlag != 0 ? .datagram : .stream
+            return .listen(id, MuxListenRequest(bind: try decodeTarget(&payload, allowingPortZero: true), kind: kind))
         case .reset:
             try requireStream()
             guard let code = payload.readInteger(as: UInt8.self) else {
@@ -157,11 +180,13 @@ public enum MuxFrameCodec {
             try requireSession()
             guard length >= 9, let (version, window, maxMessage) = payload.readMultipleIntegers(as: (UInt8, UInt32, UInt32).self)
             else { throw MuxProtocolError(.badLength, "HELLO shorter than 9 bytes") }
-            return .hello(MuxHello(version: version, initialWindow: window, maxMessageSize: maxMessage))
+            // The features word came later: a 9-byte HELLO announces none; bytes after it are for later versions.
+            let features = payload.readInteger(as: UInt32.self).map(MuxFeatures.init(rawValue:)) ?? []
+            return .hello(MuxHello(version: version, initialWindow: window, maxMessageSize: maxMessage, features: features))
         }
     }
 
-    static func decodeTarget(_ payload: inout ByteBuffer) throws(MuxProtocolError) -> MuxTarget {
+    static func decodeTarget(_ payload: inout ByteBuffer, allowingPortZero: Bool = false) throws(MuxProtocolError) -> MuxTarget {
         guard let kind = payload.readInteger(as: UInt8.self) else {
             throw MuxProtocolError(.badTarget, "OPEN without a target")
         }
@@ -181,7 +206,7 @@ public enum MuxFrameCodec {
         default:
             throw MuxProtocolError(.badTarget, "unknown target address type \(kind)")
         }
-        guard let port = payload.readInteger(as: UInt16.self), port != 0, payload.readableBytes == 0 else {
+        guard let port = payload.readInteger(as: UInt16.self), port != 0 || allowingPortZero, payload.readableBytes == 0 else {
             throw MuxProtocolError(.badTarget, "target port missing, zero, or followed by extra bytes")
         }
         return MuxTarget(host: host, port: port)

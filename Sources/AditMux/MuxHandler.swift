@@ -2,13 +2,13 @@ import AditTransport
 import Logging
 import NIOCore
 
-/// One tunnel session: sits on the WebSocket channel (inbound and outbound items are whole binary messages) and
-/// multiplexes streams bound to local TCP channels on the same event loop. Data moves by direct calls, with no
-/// hop through another loop, an actor or an async sequence (docs/architecture.md).
+/// One tunnel session: sits on the carrier's channel (inbound and outbound items are whole messages; the
+/// carrier is a WebSocket today, and this handler knows nothing of it) and multiplexes streams bound to
+/// endpoints on the same event loop. Data moves by direct calls, with no hop through another loop, an actor or
+/// an async sequence (docs/architecture.md).
 ///
-/// A stream's local channel is not a NIO child channel: the stream binds to the real TCP channel and a
-/// `StreamBridgeHandler` in it reports reads, EOF and closure. That saves one pipeline and one copy per
-/// direction compared with swift-nio-http2's child channels, at the price of requiring same-loop endpoints.
+/// The session's own life is `MuxSessionState`, each stream's is `StreamStateMachine`; this handler does the I/O
+/// they ask for.
 public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = Never
@@ -22,12 +22,13 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public var logger: Logger
 
     private var context: ChannelHandlerContext?
+    private var session = MuxSessionState()
     private var streams: [StreamID: MuxStream] = [:]
+    private var listeners: [StreamID: Listener] = [:]
     private var scheduler = FairScheduler()
     private var nextLocalStreamID: StreamID
     private var highestRemoteStreamID = StreamID(0)
 
-    private var peerHello: MuxHello?
     private var waitingForHello: [StreamID] = []
     private var controlMessage: ByteBuffer?
     private var flushScheduled = false
@@ -40,9 +41,13 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Round-trip time of the last PING, for logs and metrics.
     public private(set) var lastRoundTrip: TimeAmount?
 
-    private var sentGoAway = false
-    private var receivedGoAway = false
-    private var closed = false
+    /// A listener set up by LISTEN: `local` when we asked the peer to listen, remote when the peer asked us.
+    private struct Listener {
+        var request: MuxListenRequest
+        var local: Bool
+        var promise: EventLoopPromise<MuxTarget?>?
+        var established: Bool
+    }
 
     public init(role: MuxRole, configuration: MuxConfiguration = .init(), logger: Logger,
                 delegate: (any MuxSessionDelegate)? = nil) {
@@ -56,96 +61,191 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Public API (call on the tunnel's event loop)
 
     /// HELLO exchanged, not draining, not closed.
-    public var isReady: Bool { peerHello != nil && !closed && !receivedGoAway && !sentGoAway }
-    public var isClosed: Bool { closed }
+    public var isReady: Bool { session.isReady }
+    public var isClosed: Bool { session.isClosed }
+    public var sessionState: MuxSessionState.State { session.state }
     public var streamCount: Int { streams.count }
+    public var listenerCount: Int { listeners.count }
+    /// What the peer accepts beyond the core protocol; empty until its HELLO.
+    public var peerFeatures: MuxFeatures { session.peerHello?.features ?? [] }
     /// The tunnel's event loop, where every call into this handler belongs; nil before it joins a pipeline.
     public var eventLoop: (any EventLoop)? { context?.eventLoop }
 
     /// Closes the tunnel now, resetting every stream (the end of a drain that ran out of time).
     public func closeTunnel() {
-        guard let context, !closed else { return }
+        guard let context, !session.isClosed else { return }
         flushOutbound()
         teardown(error: nil)
         context.close(promise: nil)
     }
 
-    /// Opens a stream to `target` carried by `endpoint`, a channel on this handler's event loop. Reading from the
-    /// endpoint starts at once (early data); if the peer refuses, the endpoint is closed.
+    /// Opens a stream for `request`, carried by `endpoint` (on this handler's event loop). Reading from the
+    /// endpoint starts at once (early data). `promise` succeeds on OPEN_OK and fails with a `MuxStreamOpenError`
+    /// (the peer's RESET, the session's end); on failure the endpoint is unbound but not closed, so the opener
+    /// can answer in its own protocol. Returns the stream's ID, or nil when it could not even be sent.
     @discardableResult
-    public func openStream(to target: MuxTarget, endpoint: any Channel) throws(MuxSessionError) -> StreamID {
-        guard let context, !closed else { throw MuxSessionError.sessionClosed }
-        precondition(endpoint.eventLoop === context.eventLoop, "stream endpoints must live on the tunnel's event loop")
-        guard !sentGoAway, !receivedGoAway else { throw MuxSessionError.draining }
-        guard streams.count < configuration.maxConcurrentStreams else {
-            throw MuxSessionError.tooManyStreams(configuration.maxConcurrentStreams)
+    public func openStream(_ request: MuxOpenRequest, endpoint: any MuxStreamEndpoint,
+                           promise: EventLoopPromise<Void>?) -> StreamID? {
+        guard let context else {
+            promise?.fail(MuxStreamOpenError.session(.sessionClosed, unprocessed: true))
+            return nil
         }
-        let id = nextLocalStreamID
-        guard id.rawValue < StreamID.maxRawValue - 2 else { throw MuxSessionError.streamIDsExhausted }
-        nextLocalStreamID = StreamID(id.rawValue + 2)
-
+        precondition(endpoint.eventLoop === context.eventLoop, "stream endpoints must live on the tunnel's event loop")
+        if let error = session.mayOpen() {
+            promise?.fail(MuxStreamOpenError.session(error, unprocessed: true))
+            return nil
+        }
+        if request.kind == .datagram, session.peerHello != nil, !peerFeatures.contains(.datagrams) {
+            promise?.fail(MuxStreamOpenError.unsupported("UDP (datagram streams)"))
+            return nil
+        }
+        if let listener = request.listener {
+            guard let entry = listeners[listener], !entry.local, entry.established else {
+                promise?.fail(MuxStreamOpenError.reset(.closed, reason: "listener \(listener) is closed"))
+                return nil
+            }
+        }
+        guard streams.count < configuration.maxConcurrentStreams else {
+            promise?.fail(MuxStreamOpenError.session(.tooManyStreams(configuration.maxConcurrentStreams), unprocessed: true))
+            return nil
+        }
+        guard let id = takeLocalStreamID() else {
+            promise?.fail(MuxStreamOpenError.session(.streamIDsExhausted, unprocessed: true))
+            return nil
+        }
         let stream = MuxStream(
             id: id,
-            state: .opening(peerInitialWindow: peerHello?.initialWindow ?? 0,
-                            localInitialWindow: configuration.initialWindow),
-            target: target, endpoint: endpoint)
+            state: .opening(peerInitialWindow: session.peerHello?.initialWindow ?? 0,
+                            localInitialWindow: configuration.initialWindow, kind: request.kind),
+            request: request, endpoint: endpoint)
+        stream.openPromise = promise
         streams[id] = stream
-        installBridge(on: endpoint, for: stream)
-        if peerHello != nil {
-            enqueueControl(.open(id, target))
-            requestReadIfPossible(stream)
+        statistics.streamsOpened += 1
+        logger.debug("opening stream", metadata: ["stream": "\(id)", "target": "\(request)"])
+        if session.peerHello != nil {
+            enqueueControl(.open(id, request))
             scheduleFlush()
         } else {
             waitingForHello.append(id)
         }
-        statistics.streamsOpened += 1
-        logger.debug("opening stream", metadata: ["stream": "\(id)", "target": "\(target)"])
+        endpoint.bind(MuxStreamEvents(mux: self, stream: stream))
+        requestReadIfPossible(stream)
         return id
     }
 
-    /// Binds a stream the peer opened to the channel connected to its target, and answers OPEN_OK.
-    public func accept(_ id: StreamID, endpoint: any Channel) {
+    /// Binds a stream the peer opened to the endpoint connected to its target, and answers OPEN_OK.
+    public func accept(_ id: StreamID, endpoint: any MuxStreamEndpoint) {
         guard let context, let stream = streams[id], stream.endpoint == nil, stream.state.phase == .accepting else {
             // The peer reset the stream, or the session ended, while we were connecting.
-            endpoint.close(promise: nil)
+            endpoint.close(abort: false)
             return
         }
         precondition(endpoint.eventLoop === context.eventLoop, "stream endpoints must live on the tunnel's event loop")
         stream.endpoint = endpoint
         stream.state.accepted()
-        installBridge(on: endpoint, for: stream)
-        enqueueControl(.openOK(id))
+        enqueueControl(.openOK(id, bound: nil))
+        endpoint.bind(MuxStreamEvents(mux: self, stream: stream))
+        guard streams[id] === stream else { return }  // closed while binding
         for buffer in stream.backlog { writeToEndpoint(stream, buffer) }
         stream.backlog = []
-        if stream.backlogFin { stream.inboundFinPending = true }
         flushEndpoint(stream)
         deliverFinIfDue(stream)
         requestReadIfPossible(stream)
         scheduleFlush()
     }
 
-    /// Refuses a stream the peer opened.
+    /// Refuses a stream or a listener the peer opened.
     public func reject(_ id: StreamID, code: ResetCode, reason: String) {
+        if let listener = listeners[id], !listener.local, !listener.established {
+            listeners[id] = nil
+            enqueueControl(.reset(id, code, reason: reason))
+            scheduleFlush()
+            return
+        }
         guard let stream = streams[id], stream.state.phase == .accepting else { return }
         resetStream(stream, code: code, reason: reason)
         scheduleFlush()
     }
 
+    /// Asks the peer to listen on our behalf (reverse forwarding). `promise` succeeds with the address the peer
+    /// bound (when it says) and fails with a `MuxStreamOpenError`. Streams for the connections it accepts arrive
+    /// through the delegate with `request.listener` set to the returned ID.
+    @discardableResult
+    public func listen(_ request: MuxListenRequest, promise: EventLoopPromise<MuxTarget?>?) -> StreamID? {
+        guard context != nil else {
+            promise?.fail(MuxStreamOpenError.session(.sessionClosed, unprocessed: true))
+            return nil
+        }
+        if let error = session.mayOpen() {
+            promise?.fail(MuxStreamOpenError.session(error, unprocessed: true))
+            return nil
+        }
+        if session.peerHello != nil {
+            guard peerFeatures.contains(.reverse) else {
+                promise?.fail(MuxStreamOpenError.unsupported("reverse forwarding (-R)"))
+                return nil
+            }
+            if request.kind == .datagram && !peerFeatures.contains(.datagrams) {
+                promise?.fail(MuxStreamOpenError.unsupported("UDP (datagram streams)"))
+                return nil
+            }
+        }
+        guard let id = takeLocalStreamID() else {
+            promise?.fail(MuxStreamOpenError.session(.streamIDsExhausted, unprocessed: true))
+            return nil
+        }
+        listeners[id] = Listener(request: request, local: true, promise: promise, established: false)
+        if session.peerHello != nil {
+            enqueueControl(.listen(id, request))
+            scheduleFlush()
+        } else {
+            waitingForHello.append(id)
+        }
+        return id
+    }
+
+    /// Confirms a listener the peer asked for, naming the address actually bound.
+    public func acceptListen(_ id: StreamID, bound: MuxTarget) {
+        guard var listener = listeners[id], !listener.local, !listener.established else { return }
+        listener.established = true
+        listeners[id] = listener
+        enqueueControl(.openOK(id, bound: bound))
+        scheduleFlush()
+    }
+
+    /// Ends a listener (ours or the peer's): the peer learns it by RESET. Streams it already opened go on.
+    public func closeListener(_ id: StreamID, code: ResetCode = .closed, reason: String = "") {
+        guard let listener = listeners.removeValue(forKey: id) else { return }
+        enqueueControl(.reset(id, code, reason: reason))
+        scheduleFlush()
+        listener.promise?.fail(MuxStreamOpenError.reset(code, reason: reason))
+        if listener.established {
+            delegate?.muxSession(self, listenerDidClose: id, code: code, reason: reason)
+        }
+    }
+
     /// Starts a graceful drain: GOAWAY to the peer, no new streams either way; the tunnel closes when the last
-    /// stream ends.
+    /// stream ends. Listeners close at once.
     public func beginDrain(reason: String) {
-        guard !sentGoAway, !closed else { return }
-        sentGoAway = true
+        guard session.beginDrain() else { return }
         enqueueControl(.goAway(lastStreamID: highestRemoteStreamID, code: .resourceLimit, reason: reason))
+        closeAllListeners(reason: reason)
         scheduleFlush()
         closeIfDrained()
     }
 
     /// Sends a PING now; the round trip is logged at debug level when the PONG arrives.
     public func ping() {
-        guard peerHello != nil, !closed, context != nil else { return }
+        guard session.peerHello != nil, !session.isClosed, context != nil else { return }
         enqueueControl(.ping(UInt64(NIODeadline.now().uptimeNanoseconds)))
         scheduleFlush()
+    }
+
+    private func takeLocalStreamID() -> StreamID? {
+        let id = nextLocalStreamID
+        guard id.rawValue < StreamID.maxRawValue - 2 else { return nil }
+        nextLocalStreamID = StreamID(id.rawValue + 2)
+        return id
     }
 
     // MARK: ChannelHandler
@@ -166,7 +266,8 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         started = true
         lastHeardFrom = context.eventLoop.now
         enqueueControl(.hello(MuxHello(initialWindow: configuration.initialWindow,
-                                       maxMessageSize: configuration.maxReceiveMessageSize)))
+                                       maxMessageSize: configuration.maxReceiveMessageSize,
+                                       features: configuration.features)))
         flushOutbound()
         let interval = configuration.keepaliveInterval
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -181,7 +282,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
-        teardown(error: closed ? nil : MuxSessionError.tunnelClosed)
+        teardown(error: MuxSessionError.tunnelClosed)
         context.fireChannelInactive()
     }
 
@@ -200,7 +301,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var message = unwrapInboundIn(data)
         lastHeardFrom = context.eventLoop.now
         do {
-            while let frame = try MuxFrameCodec.decode(from: &message) {
+            while !session.isClosed, let frame = try MuxFrameCodec.decode(from: &message) {
                 try handle(frame)
             }
         } catch let error as MuxProtocolError {
@@ -220,13 +321,9 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Inbound frames
 
     private func handle(_ frame: MuxFrame) throws {
-        if peerHello == nil {
+        if case .awaitingHello = session.state {
             guard case .hello(let hello) = frame else {
                 throw MuxProtocolError(.helloMissing, "the first frame of the session was not HELLO")
-            }
-            guard hello.version == MuxHello.currentVersion else {
-                throw MuxProtocolError(.unsupportedVersion,
-                                       "peer speaks tunnel protocol version \(hello.version), we speak \(MuxHello.currentVersion)")
             }
             try receivedHello(hello)
             return
@@ -235,42 +332,35 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .data(let id, let payload, let fin):
             statistics.bytesReceived += payload.readableBytes
             guard let stream = try existingStream(id) else { return }
-            switch stream.state.receivedData(length: payload.readableBytes, fin: fin) {
-            case .deliver(let fin):
-                if stream.endpoint == nil {
-                    if payload.readableBytes > 0 { stream.backlog.append(payload) }
-                    if fin { stream.backlogFin = true }
-                } else {
-                    if payload.readableBytes > 0 {
-                        writeToEndpoint(stream, payload)
-                        if !stream.needsFlush {
-                            stream.needsFlush = true
-                            dirtyEndpoints.append(stream)
-                        }
-                    }
-                    if fin {
-                        stream.inboundFinPending = true
-                        deliverFinIfDue(stream)
-                    }
-                }
+            receivedData(stream, payload, fin: fin)
+        case .open(let id, let request):
+            try receivedOpen(id, request: request)
+        case .openOK(let id, let bound):
+            if listeners[id] != nil {
+                receivedListenOK(id, bound: bound)
+                return
+            }
+            guard let stream = try existingStream(id) else { return }
+            switch stream.state.receivedOpenOK() {
             case .reset(let code, let reason):
                 resetStream(stream, code: code, reason: reason)
-            case .discard, .none, .resumeSending:
+            case .opened:
+                logger.debug("stream open", metadata: ["stream": "\(id)", "target": "\(stream.request)"])
+                let promise = stream.openPromise
+                stream.openPromise = nil
+                promise?.succeed(())
+            default:
                 break
             }
-        case .open(let id, let target):
-            try receivedOpen(id, target: target)
-        case .openOK(let id):
-            guard let stream = try existingStream(id) else { return }
-            if case .reset(let code, let reason) = stream.state.receivedOpenOK() {
-                resetStream(stream, code: code, reason: reason)
-            } else {
-                logger.debug("stream open", metadata: ["stream": "\(id)", "target": "\(stream.target)"])
-            }
         case .reset(let id, let code, let reason):
+            if let listener = listeners.removeValue(forKey: id) {
+                receivedListenerReset(id, listener, code: code, reason: reason)
+                return
+            }
             guard let stream = try existingStream(id) else { return }
             receivedReset(stream, code: code, reason: reason)
         case .windowUpdate(let id, let increment):
+            if listeners[id] != nil { return }
             guard let stream = try existingStream(id) else { return }
             switch stream.state.receivedWindowUpdate(increment) {
             case .reset(let code, let reason):
@@ -279,6 +369,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 if stream.hasSendableWork { scheduler.markReady(stream.id) }
                 requestReadIfPossible(stream)
             default:
+                if stream.hasSendableWork { scheduler.markReady(stream.id) }
                 requestReadIfPossible(stream)
             }
         case .ping(let opaque):
@@ -292,6 +383,8 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         case .goAway(let last, let code, let reason):
             receivedGoAway(lastStreamID: last, code: code, reason: reason)
+        case .listen(let id, let request):
+            try receivedListen(id, request: request)
         case .hello:
             throw MuxProtocolError(.helloMissing, "a second HELLO")
         case .unknown:
@@ -300,22 +393,42 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func receivedHello(_ hello: MuxHello) throws {
-        guard hello.maxMessageSize >= 1024 else {
-            throw MuxProtocolError(.badLength, "peer accepts messages of only \(hello.maxMessageSize) bytes")
-        }
-        peerHello = hello
+        let outcome = try session.receivedHello(hello)
         logger.debug("tunnel session ready", metadata: [
             "peer_window": "\(hello.initialWindow)", "peer_max_message": "\(hello.maxMessageSize)",
+            "peer_features": "\(hello.features.rawValue)",
         ])
-        for id in waitingForHello {
-            guard let stream = streams[id], !stream.state.isClosed else { continue }
-            stream.state = .opening(peerInitialWindow: hello.initialWindow,
-                                    localInitialWindow: configuration.initialWindow)
-            enqueueControl(.open(id, stream.target))
-            requestReadIfPossible(stream)
-        }
+        let waiting = waitingForHello
         waitingForHello = []
-        delegate?.muxSessionDidBecomeReady(self)
+        for id in waiting {
+            if let stream = streams[id], !stream.state.isClosed {
+                if outcome == .draining {
+                    failOpen(stream, .session(.draining, unprocessed: true))
+                    continue
+                }
+                if stream.request.kind == .datagram && !hello.features.contains(.datagrams) {
+                    failOpen(stream, .unsupported("UDP (datagram streams)"))
+                    continue
+                }
+                stream.state = .opening(peerInitialWindow: hello.initialWindow,
+                                        localInitialWindow: configuration.initialWindow, kind: stream.request.kind)
+                enqueueControl(.open(id, stream.request))
+                requestReadIfPossible(stream)
+            } else if let listener = listeners[id] {
+                if outcome == .draining || !hello.features.contains(.reverse)
+                    || (listener.request.kind == .datagram && !hello.features.contains(.datagrams)) {
+                    listeners[id] = nil
+                    listener.promise?.fail(outcome == .draining
+                        ? MuxStreamOpenError.session(.draining, unprocessed: true)
+                        : MuxStreamOpenError.unsupported(listener.request.kind == .datagram
+                            ? "UDP reverse forwarding (-R …/udp)" : "reverse forwarding (-R)"))
+                    continue
+                }
+                enqueueControl(.listen(id, listener.request))
+            }
+        }
+        scheduleFlush()
+        if outcome == .ready { delegate?.muxSessionDidBecomeReady(self) }
     }
 
     /// Looks up a stream named by a frame. IDs never opened are a protocol error; IDs already gone are ignored.
@@ -328,118 +441,217 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         return nil
     }
 
-    private func receivedOpen(_ id: StreamID, target: MuxTarget) throws {
+    private func claimRemoteStreamID(_ id: StreamID, what: String) throws {
         guard id.opener != role else {
-            throw MuxProtocolError(.badStreamID, "peer opened stream \(id), whose parity belongs to us")
+            throw MuxProtocolError(.badStreamID, "peer sent \(what) for stream \(id), whose parity belongs to us")
         }
         guard id > highestRemoteStreamID else {
-            throw MuxProtocolError(.badStreamID, "peer reopened stream \(id) (highest so far \(highestRemoteStreamID))")
+            throw MuxProtocolError(.badStreamID, "peer reused stream \(id) in \(what) (highest so far \(highestRemoteStreamID))")
         }
         highestRemoteStreamID = id
+    }
+
+    private func receivedData(_ stream: MuxStream, _ payload: ByteBuffer, fin: Bool) {
+        switch stream.state.receivedData(length: payload.readableBytes, fin: fin) {
+        case .deliver(let fin):
+            if stream.endpoint == nil {
+                stream.backlog.append(payload)
+                return
+            }
+            if payload.readableBytes > 0 || stream.state.kind == .datagram {
+                writeToEndpoint(stream, payload)
+                if !stream.needsFlush {
+                    stream.needsFlush = true
+                    dirtyEndpoints.append(stream)
+                }
+            }
+            if fin { deliverFinIfDue(stream) }
+        case .reset(let code, let reason):
+            resetStream(stream, code: code, reason: reason)
+        default:
+            break
+        }
+    }
+
+    private func receivedOpen(_ id: StreamID, request: MuxOpenRequest) throws {
+        try claimRemoteStreamID(id, what: "OPEN")
         statistics.streamsAccepted += 1
         let stream = MuxStream(
             id: id,
-            state: .accepting(peerInitialWindow: peerHello!.initialWindow, localInitialWindow: configuration.initialWindow),
-            target: target, endpoint: nil)
+            state: .accepting(peerInitialWindow: session.peerHello!.initialWindow,
+                              localInitialWindow: configuration.initialWindow, kind: request.kind),
+            request: request, endpoint: nil)
         streams[id] = stream
-        if sentGoAway {
-            resetStream(stream, code: .resourceLimit, reason: "the server is shutting down")
+        if !session.acceptsStreams {
+            resetStream(stream, code: .resourceLimit, reason: "the \(role == .server ? "server" : "client") is shutting down")
         } else if streams.count > configuration.maxConcurrentStreams {
             resetStream(stream, code: .resourceLimit,
                         reason: "more than \(configuration.maxConcurrentStreams) streams open on this tunnel")
+        } else if request.kind == .datagram && !configuration.features.contains(.datagrams) {
+            resetStream(stream, code: .notAllowed, reason: "this side does not accept datagram streams")
+        } else if let listener = request.listener {
+            guard listener.opener == role else {
+                throw MuxProtocolError(.badStreamID, "reverse OPEN names listener \(listener), which the peer opened")
+            }
+            guard let entry = listeners[listener], entry.local, entry.established, entry.request.kind == request.kind else {
+                // We closed that listener while the connection was on its way.
+                resetStream(stream, code: .closed, reason: "listener \(listener) is closed")
+                return
+            }
+            if let delegate { delegate.muxSession(self, didReceiveOpen: id, request: request) }
+            else { resetStream(stream, code: .notAllowed, reason: "this side does not accept streams") }
         } else if let delegate {
-            delegate.muxSession(self, didReceiveOpenFor: id, target: target)
+            delegate.muxSession(self, didReceiveOpen: id, request: request)
         } else {
             resetStream(stream, code: .notAllowed, reason: "this side does not accept streams")
         }
     }
 
+    private func receivedListen(_ id: StreamID, request: MuxListenRequest) throws {
+        try claimRemoteStreamID(id, what: "LISTEN")
+        let refusal: String?
+        if !session.acceptsStreams {
+            refusal = "the \(role == .server ? "server" : "client") is shutting down"
+        } else if !configuration.features.contains(.reverse) {
+            refusal = "this side does not listen on the peer's behalf"
+        } else if listeners.values.filter({ !$0.local }).count >= configuration.maxListeners {
+            refusal = "more than \(configuration.maxListeners) listeners on this tunnel"
+        } else {
+            refusal = nil
+        }
+        if let refusal {
+            enqueueControl(.reset(id, .resourceLimit, reason: refusal))
+            return
+        }
+        listeners[id] = Listener(request: request, local: false, promise: nil, established: false)
+        if let delegate {
+            delegate.muxSession(self, didReceiveListen: id, request: request)
+        } else {
+            reject(id, code: .notAllowed, reason: "this side does not listen on the peer's behalf")
+        }
+    }
+
+    private func receivedListenOK(_ id: StreamID, bound: MuxTarget?) {
+        guard var listener = listeners[id], listener.local, !listener.established else { return }
+        listener.established = true
+        let promise = listener.promise
+        listener.promise = nil
+        listeners[id] = listener
+        promise?.succeed(bound)
+    }
+
+    private func receivedListenerReset(_ id: StreamID, _ listener: Listener, code: ResetCode, reason: String) {
+        if let promise = listener.promise {
+            promise.fail(MuxStreamOpenError.reset(code, reason: reason))
+        } else if listener.established {
+            delegate?.muxSession(self, listenerDidClose: id, code: code, reason: reason)
+        }
+    }
+
     private func receivedReset(_ stream: MuxStream, code: ResetCode, reason: String) {
-        let wasOpening = stream.state.phase == .awaitingOpenOK
-        stream.state.receivedReset()
+        let wasOpening = stream.state.receivedReset()
         statistics.resets[code, default: 0] += 1
         if wasOpening {
-            // Opening failed: the user needs to know why their connection closed.
-            let detail = reason.isEmpty ? code.summary : "\(code.summary) (\(reason))"
-            logger.notice("connection to \(stream.target) failed: \(detail)", metadata: ["stream": "\(stream.id)"])
-        } else if code != .closed {
-            logger.info("stream to \(stream.target) reset by peer: \(code.summary)",
-                        metadata: ["stream": "\(stream.id)", "reason": "\(reason)"])
+            logger.debug("stream refused by the peer", metadata: [
+                "stream": "\(stream.id)", "target": "\(stream.request)", "code": "\(code)", "reason": "\(reason)",
+            ])
+            failOpen(stream, .reset(code, reason: reason))
+        } else {
+            if code != .closed {
+                logger.info("stream to \(stream.target) reset by peer: \(code.summary)",
+                            metadata: ["stream": "\(stream.id)", "reason": "\(reason)"])
+            }
+            removeStream(stream, endpoint: .abort)
         }
-        removeStream(stream, closeEndpoint: true)
     }
 
     private func receivedGoAway(lastStreamID: StreamID, code: ResetCode, reason: String) {
-        guard !receivedGoAway else { return }
-        receivedGoAway = true
+        guard session.receivedGoAway() else { return }
         logger.info("peer is draining the tunnel", metadata: ["reason": "\(reason)"])
         // Our streams above the peer's last accepted ID were never seen: fail them so their users retry.
-        for stream in streams.values where stream.id.opener == role && stream.id > lastStreamID
-            && stream.state.phase == .awaitingOpenOK && lastStreamID.opener == role {
-            receivedReset(stream, code: .resourceLimit, reason: "the peer is shutting down")
+        if lastStreamID.opener == role || lastStreamID.isSession {
+            for stream in Array(streams.values) where stream.id.opener == role && stream.id > lastStreamID
+                && stream.state.phase == .awaitingOpenOK {
+                stream.state.receivedReset()
+                failOpen(stream, .session(.draining, unprocessed: true))
+            }
         }
+        closeAllListeners(reason: "the peer is shutting down")
         delegate?.muxSessionDidReceiveGoAway(self, code: code, reason: reason)
         closeIfDrained()
     }
 
-    // MARK: Endpoint events (from StreamBridgeHandler)
+    private func closeAllListeners(reason: String) {
+        for (id, listener) in listeners {
+            listeners[id] = nil
+            enqueueControl(.reset(id, .resourceLimit, reason: reason))
+            if let promise = listener.promise {
+                promise.fail(MuxStreamOpenError.session(.draining, unprocessed: true))
+            } else if listener.established {
+                delegate?.muxSession(self, listenerDidClose: id, code: .resourceLimit, reason: reason)
+            }
+        }
+    }
+
+    // MARK: Endpoint events (through MuxStreamEvents)
 
     func endpointRead(_ stream: MuxStream, _ buffer: ByteBuffer) {
-        guard streams[stream.id] === stream, stream.state.canSend, !stream.outboundFinPending else { return }
+        guard streams[stream.id] === stream, stream.state.wantsEndpointInput else { return }
+        stream.readAnything = true
+        if stream.state.kind == .datagram {
+            let limit = min(configuration.sendMessageSize, Int(session.peerHello?.maxMessageSize ?? 64 << 10))
+            guard buffer.readableBytes + MuxFrame.headerSize <= limit,
+                stream.outboundBytes + buffer.readableBytes <= configuration.datagramQueueLimit
+            else {
+                statistics.datagramsDropped += 1
+                return
+            }
+        }
         stream.outboundBytes += buffer.readableBytes
         stream.outbound.append(buffer)
         if stream.hasSendableWork { scheduler.markReady(stream.id) }
+        if stream.state.kind == .datagram { scheduleFlush() }
     }
 
     func endpointReadComplete(_ stream: MuxStream) {
         stream.readInFlight = false
+        guard streams[stream.id] === stream else { return }
         requestReadIfPossible(stream)
         flushOutbound()
     }
 
     func endpointInputClosed(_ stream: MuxStream) {
-        guard streams[stream.id] === stream, stream.state.canSend else { return }
-        stream.outboundFinPending = true
-        scheduler.markReady(stream.id)
-        flushOutbound()
+        guard streams[stream.id] === stream else { return }
+        if stream.state.endpointInputEnded() == .queueFin {
+            scheduler.markReady(stream.id)
+            flushOutbound()
+        }
     }
 
     func endpointClosed(_ stream: MuxStream) {
         guard streams[stream.id] === stream else { return }
         stream.endpoint = nil
-        if stream.state.isClosed {
-            removeStream(stream, closeEndpoint: false)
-        } else if stream.inboundFinDelivered {
-            // We had ended its output, so this close is its end-of-file (NIO reports a full close rather than
-            // input-closed once both halves are shut). What it sent before still goes out, then our FIN.
-            if !stream.state.sentFin && !stream.outboundFinPending {
-                stream.outboundFinPending = true
-                scheduler.markReady(stream.id)
-            }
+        let wasOpening = stream.state.phase == .awaitingOpenOK
+        switch stream.state.endpointClosed() {
+        case .queueFin:
+            scheduler.markReady(stream.id)
             finishIfDone(stream)
-        } else {
-            resetStream(stream, code: .closed, reason: "")
+        case .reset(let code, let reason):
+            enqueueControl(.reset(stream.id, code, reason: reason))
+            statistics.resets[code, default: 0] += 1
+            if wasOpening { failOpen(stream, .endpointClosed) } else { removeStream(stream, endpoint: .none) }
+        default:
+            finishIfDone(stream)
         }
         scheduleFlush()
     }
 
     // MARK: Stream plumbing
 
-    private func installBridge(on endpoint: any Channel, for stream: MuxStream) {
-        _ = endpoint.setOption(ChannelOptions.autoRead, value: false)
-        _ = endpoint.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-        do {
-            try endpoint.pipeline.syncOperations.addHandler(StreamBridgeHandler(mux: self, stream: stream))
-        } catch {
-            logger.debug("could not bind stream to its connection", metadata: ["error": "\(error)"])
-            endpoint.close(promise: nil)
-        }
-    }
-
     private func requestReadIfPossible(_ stream: MuxStream) {
-        guard let endpoint = stream.endpoint, !stream.readInFlight, stream.state.canSend, !stream.outboundFinPending,
+        guard let endpoint = stream.endpoint, !stream.readInFlight, stream.state.wantsEndpointInput,
             stream.outboundBytes < configuration.streamReadHighWater,
-            stream.state.sendWindow.available > stream.outboundBytes, peerHello != nil
+            stream.state.sendWindow.available > stream.outboundBytes, session.peerHello != nil
         else { return }
         stream.readInFlight = true
         endpoint.read()
@@ -467,6 +679,16 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             deliverFinIfDue(stream)
         case .failure(let error):
+            if stream.state.kind == .datagram {
+                // A datagram that could not be sent (ICMP unreachable, no buffer) is lost, as UDP allows; the
+                // flow goes on and its credit comes back.
+                statistics.datagramsDropped += 1
+                if let increment = stream.state.consumed(count) {
+                    enqueueControl(.windowUpdate(stream.id, increment: increment))
+                    scheduleFlush()
+                }
+                return
+            }
             logger.debug("write to stream endpoint failed", metadata: ["stream": "\(stream.id)", "error": "\(error)"])
             resetStream(stream, code: .closed, reason: "")
             scheduleFlush()
@@ -480,41 +702,73 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Passes the peer's FIN on as an end-of-file once every byte before it was written.
     private func deliverFinIfDue(_ stream: MuxStream) {
-        guard stream.inboundFinPending, !stream.inboundFinDelivered, stream.writesInFlight == 0,
-            let endpoint = stream.endpoint
-        else { return }
-        stream.inboundFinDelivered = true
-        endpoint.close(mode: .output, promise: nil)
+        guard stream.state.finAwaitingDelivery, stream.writesInFlight == 0, let endpoint = stream.endpoint else { return }
+        stream.state.deliveredFin()
+        endpoint.flush()
+        endpoint.shutdownOutput()
         finishIfDone(stream)
     }
 
     private func finishIfDone(_ stream: MuxStream) {
-        guard stream.inboundFinDelivered, stream.state.finishIfDone() else { return }
-        removeStream(stream, closeEndpoint: true)
+        guard stream.state.finishIfDone() else { return }
+        removeStream(stream, endpoint: .close)
+    }
+
+    /// Fails the open of one of our streams: the endpoint goes back to the opener (who answers in its own
+    /// protocol) when it asked with a promise, else it is closed.
+    private func failOpen(_ stream: MuxStream, _ error: MuxStreamOpenError) {
+        if let promise = stream.openPromise {
+            stream.openPromise = nil
+            let endpoint = stream.endpoint
+            stream.endpoint = nil
+            endpoint?.unbind()
+            removeStream(stream, endpoint: .none)
+            promise.fail(error)
+        } else {
+            logger.notice("connection to \(stream.request) failed: \(error)", metadata: ["stream": "\(stream.id)"])
+            removeStream(stream, endpoint: .abort)
+        }
     }
 
     private func resetStream(_ stream: MuxStream, code: ResetCode, reason: String) {
-        if !stream.state.isClosed || streams[stream.id] === stream {
+        if streams[stream.id] === stream {
             enqueueControl(.reset(stream.id, code, reason: reason))
         }
+        let wasOpening = stream.state.phase == .awaitingOpenOK
         stream.state.sentReset()
         statistics.resets[code, default: 0] += 1
         if code != .closed {
             logger.debug("stream reset", metadata: ["stream": "\(stream.id)", "code": "\(code)", "reason": "\(reason)"])
         }
-        removeStream(stream, closeEndpoint: true)
+        if wasOpening && stream.openPromise != nil {
+            failOpen(stream, .reset(code, reason: reason))
+        } else {
+            removeStream(stream, endpoint: .abort)
+        }
     }
 
-    private func removeStream(_ stream: MuxStream, closeEndpoint: Bool) {
+    private enum EndpointDisposition { case none, close, abort }
+
+    private func removeStream(_ stream: MuxStream, endpoint disposition: EndpointDisposition) {
         guard streams[stream.id] === stream else { return }
         streams[stream.id] = nil
         scheduler.remove(stream.id)
         stream.outbound.removeAll()
         stream.outboundBytes = 0
         stream.backlog = []
-        if closeEndpoint, let endpoint = stream.endpoint {
+        if let promise = stream.openPromise {
+            // Opened, then ended before OPEN_OK by a path that did not fail it: never leave an opener hanging.
+            stream.openPromise = nil
+            promise.fail(MuxStreamOpenError.session(.sessionClosed, unprocessed: false))
+        }
+        if let endpoint = stream.endpoint {
             stream.endpoint = nil
-            endpoint.close(promise: nil)
+            endpoint.unbind()
+            switch disposition {
+            case .none: break
+            case .close: endpoint.close(abort: false)
+            case .abort: endpoint.close(abort: stream.state.kind == .stream)
+            }
         }
         closeIfDrained()
     }
@@ -522,8 +776,8 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Outbound
 
     private func enqueueControl(_ frame: MuxFrame) {
-        guard let context, !closed else { return }
-        let limit = Int(peerHello?.maxMessageSize ?? 64 << 10)
+        guard let context, !session.isClosed else { return }
+        let limit = Int(session.peerHello?.maxMessageSize ?? 64 << 10)
         if let existing = controlMessage, existing.readableBytes + 512 > limit {
             context.write(wrapOutboundOut(TunnelMessage(existing)), promise: nil)
             controlMessage = nil
@@ -553,16 +807,16 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Writes pending control frames, then serves the streams round-robin while the tunnel is writable. DATA
-    /// payloads go down as slices of what was read from the local sockets; only the 9-byte headers are new.
+    /// payloads go down as slices of what was read from the endpoints; only the 9-byte headers are new.
     private func flushOutbound() {
-        guard let context, !closed else { return }
+        guard let context, !session.isClosed else { return }
         var wrote = false
         if let control = controlMessage {
             controlMessage = nil
             context.write(wrapOutboundOut(TunnelMessage(control)), promise: nil)
             wrote = true
         }
-        if let peerHello, !scheduler.isEmpty, context.channel.isWritable {
+        if let peerHello = session.peerHello, !scheduler.isEmpty, context.channel.isWritable {
             let messageLimit = min(configuration.sendMessageSize, Int(peerHello.maxMessageSize))
             var planned: [PlannedFrame] = []
             var payloads: [ByteBuffer] = []
@@ -571,42 +825,53 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // draining tunnel closes the tunnel, and that must not happen with the frame still in `planned`.
             var finished: [MuxStream] = []
             defer { for stream in finished { finishIfDone(stream) } }
+            func writePlanned() {
+                writeDataMessage(planned, payloads: payloads, context: context)
+                planned.removeAll(keepingCapacity: true)
+                payloads.removeAll(keepingCapacity: true)
+                size = 0
+                wrote = true
+            }
             while let id = scheduler.next() {
                 guard let stream = streams[id], stream.hasSendableWork else { continue }
-                let space = messageLimit - size - MuxFrame.headerSize
-                // The quantum only matters when another stream is waiting; alone, a stream fills the message.
-                let quantum = scheduler.isEmpty ? space : configuration.quantum
-                let count = min(stream.outboundBytes, stream.state.sendWindow.available, quantum, space)
-                let fin = stream.outboundFinPending && count == stream.outboundBytes
-                if count > 0 || fin {
+                var space = messageLimit - size - MuxFrame.headerSize
+                let count: Int
+                if stream.state.kind == .datagram {
+                    // One datagram per frame, never split: if it does not fit this message, it starts the next.
+                    count = stream.outbound[stream.outbound.startIndex].readableBytes
+                    if count > space && !planned.isEmpty {
+                        writePlanned()
+                        space = messageLimit - MuxFrame.headerSize
+                    }
+                } else {
+                    // The quantum only matters when another stream is waiting; alone, a stream fills the message.
+                    let quantum = scheduler.isEmpty ? space : configuration.quantum
+                    count = min(stream.outboundBytes, stream.state.sendWindow.available, quantum, space)
+                }
+                let fin = stream.state.finQueued && count == stream.outboundBytes
+                if count > 0 || fin || stream.state.kind == .datagram {
                     let first = payloads.count
                     stream.takeOutbound(count, into: &payloads)
+                    if stream.state.kind == .datagram && count == 0 {
+                        // An empty datagram is a datagram too.
+                        payloads.append(stream.outbound.removeFirst())
+                    }
                     planned.append(PlannedFrame(stream: id, length: count, fin: fin, payloads: first..<payloads.count))
                     statistics.bytesSent += count
                     size += MuxFrame.headerSize + count
                     stream.state.sentData(length: count, fin: fin)
-                    if fin {
-                        stream.outboundFinPending = false
-                        finished.append(stream)
-                    }
+                    if fin { finished.append(stream) }
                 }
                 if streams[id] === stream {
                     if stream.hasSendableWork { scheduler.markReady(id) }
                     requestReadIfPossible(stream)
                 }
                 if size + MuxFrame.headerSize + 512 >= messageLimit {
-                    writeDataMessage(planned, payloads: payloads, context: context)
-                    planned.removeAll(keepingCapacity: true)
-                    payloads.removeAll(keepingCapacity: true)
-                    size = 0
-                    wrote = true
+                    writePlanned()
                     if !context.channel.isWritable { break }
                 }
             }
-            if !planned.isEmpty {
-                writeDataMessage(planned, payloads: payloads, context: context)
-                wrote = true
-            }
+            if !planned.isEmpty { writePlanned() }
         }
         if wrote { context.flush() }
     }
@@ -634,7 +899,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Session end
 
     private func keepaliveTick() {
-        guard !closed, let context else { return }
+        guard !session.isClosed, let context else { return }
         let silence = context.eventLoop.now - lastHeardFrom
         if silence >= configuration.keepaliveInterval * 3 {
             logger.warning("tunnel peer silent for \(silence.nanoseconds / 1_000_000_000) s; closing the tunnel")
@@ -648,7 +913,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func failSession(_ error: MuxProtocolError) {
         logger.error("\(error)")
-        guard let context, !closed else { return }
+        guard let context, !session.isClosed else { return }
         enqueueControl(.goAway(lastStreamID: highestRemoteStreamID, code: .protocolError, reason: error.detail))
         flushOutbound()
         teardown(error: error)
@@ -656,32 +921,52 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func closeIfDrained() {
-        guard (sentGoAway || receivedGoAway), streams.isEmpty, !closed, let context else { return }
+        guard session.drainedWhenEmpty(), streams.isEmpty, let context else { return }
         flushOutbound()
         teardown(error: nil)
         context.close(promise: nil)
     }
 
     private func teardown(error: (any Error)?) {
-        guard !closed else { return }
-        closed = true
+        guard session.close() else { return }
         keepaliveTask?.cancel()
         keepaliveTask = nil
         let all = Array(streams.values)
         streams.removeAll()
+        let allListeners = listeners
+        listeners.removeAll()
+        for (_, listener) in allListeners {
+            listener.promise?.fail(MuxStreamOpenError.session(error == nil ? .sessionClosed : .tunnelClosed, unprocessed: false))
+        }
+        let sessionError = (error as? MuxSessionError) ?? .tunnelClosed
         for stream in all {
-            stream.state.receivedReset()
-            guard let endpoint = stream.endpoint else { continue }
+            let wasOpening = stream.state.receivedReset()
+            let endpoint = stream.endpoint
             stream.endpoint = nil
-            if stream.writesInFlight > 0 {
+            if let promise = stream.openPromise {
+                // The opener answers in its own protocol; an open the peer never saw can go to another session.
+                stream.openPromise = nil
+                endpoint?.unbind()
+                promise.fail(MuxStreamOpenError.session(sessionError, unprocessed: wasOpening && !stream.readAnything))
+                continue
+            }
+            guard let endpoint else { continue }
+            endpoint.unbind()
+            // A stream whose peer had not finished was cut short: the application must see an error, not an end
+            // of file that looks like success.
+            let abort = stream.state.kind == .stream && stream.state.inbound == .open
+            if stream.writesInFlight > 0 && stream.state.kind == .stream {
                 // What the peer sent before the tunnel ended (often in the same read as the close) still reaches
-                // the local socket, then it closes; a reader that never takes it gets ten seconds.
-                endpoint.writeAndFlush(endpoint.allocator.buffer(capacity: 0)).whenComplete { _ in
-                    endpoint.close(promise: nil)
-                }
-                endpoint.eventLoop.scheduleTask(in: .seconds(10)) { endpoint.close(promise: nil) }
+                // the local socket, then it ends. A reader that never takes it gets ten seconds.
+                endpoint.flush()
+                let loop = endpoint.eventLoop
+                let done = loop.makePromise(of: Void.self)
+                endpoint.write(ByteBuffer(), promise: done)
+                endpoint.flush()
+                done.futureResult.assumeIsolated().whenComplete { _ in endpoint.close(abort: abort) }
+                loop.assumeIsolated().scheduleTask(in: .seconds(10)) { endpoint.close(abort: abort) }
             } else {
-                endpoint.close(promise: nil)
+                endpoint.close(abort: abort)
             }
         }
         let delegate = self.delegate

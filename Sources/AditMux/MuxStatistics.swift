@@ -9,6 +9,8 @@ public struct MuxStatistics: Sendable, Equatable {
     public var streamsAccepted = 0
     /// Streams that ended with a RESET (sent or received), by reason.
     public var resets: [ResetCode: Int] = [:]
+    /// Datagrams dropped before framing: their stream's queue was full, or they did not fit a message.
+    public var datagramsDropped = 0
 
     public init() {}
 }

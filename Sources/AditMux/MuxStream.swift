@@ -1,45 +1,50 @@
 import NIOCore
 
-/// Book-keeping of one stream inside `MuxHandler`: its state machine, the local connection it is bound to, and
-/// the bytes in flight each way. Lives and dies on the tunnel's event loop.
+/// Book-keeping of one stream inside `MuxHandler`: its state machine, the endpoint it is bound to, and the bytes
+/// in flight each way. Lives and dies on the tunnel's event loop.
 final class MuxStream {
     let id: StreamID
     var state: StreamStateMachine
-    let target: MuxTarget
+    let request: MuxOpenRequest
     /// The local connection (client side) or target connection (server side); nil while the server connects.
-    var endpoint: (any Channel)?
+    var endpoint: (any MuxStreamEndpoint)?
+    /// Completed by OPEN_OK, failed by RESET or the session's end, for streams we open.
+    var openPromise: EventLoopPromise<Void>?
 
-    /// Bytes read from the endpoint, not yet framed.
+    /// Bytes read from the endpoint, not yet framed (datagram streams: one datagram per element).
     var outbound = CircularBuffer<ByteBuffer>(initialCapacity: 2)
     var outboundBytes = 0
-    /// The endpoint reached end-of-file; FIN goes out after the last outbound byte.
-    var outboundFinPending = false
-    /// A read() was requested from the endpoint and its channelReadComplete has not come yet.
+    /// Something was read from the endpoint: an open that fails can no longer be retried elsewhere unnoticed.
+    var readAnything = false
+    /// A read() was requested from the endpoint and its read-complete has not come yet.
     var readInFlight = false
 
     /// Data from the peer that arrived before the endpoint existed (server side, while connecting).
     var backlog: [ByteBuffer] = []
-    var backlogFin = false
     /// Bytes written to the endpoint whose write has not completed: not yet consumed, no credit returned.
     var writesInFlight = 0
-    /// The peer's FIN, to pass on once `writesInFlight` reaches zero.
-    var inboundFinPending = false
-    var inboundFinDelivered = false
     /// Endpoint has queued writes that still need a flush.
     var needsFlush = false
 
-    init(id: StreamID, state: StreamStateMachine, target: MuxTarget, endpoint: (any Channel)?) {
+    init(id: StreamID, state: StreamStateMachine, request: MuxOpenRequest, endpoint: (any MuxStreamEndpoint)?) {
         self.id = id
         self.state = state
-        self.target = target
+        self.request = request
         self.endpoint = endpoint
     }
+
+    var target: MuxTarget { request.target }
 
     /// Whether the scheduler has something to do for this stream right now.
     var hasSendableWork: Bool {
         guard state.canSend else { return false }
+        if state.kind == .datagram {
+            // A datagram goes whole or waits for credit (an empty datagram is a datagram too).
+            guard let front = outbound.first else { return false }
+            return state.sendWindow.available >= front.readableBytes
+        }
         if outboundBytes > 0 { return state.sendWindow.available > 0 }
-        return outboundFinPending
+        return state.finQueued
     }
 
     /// Takes `count` bytes off the front of the outbound queue as slices (no copy) and appends them to `parts`.

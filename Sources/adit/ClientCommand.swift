@@ -1,4 +1,5 @@
 import AditGateway
+import AditMux
 import ArgumentParser
 import Foundation
 import NIOCore
@@ -6,27 +7,79 @@ import NIOCore
 struct ClientCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "client",
-        abstract: "Forward local ports through one tunnel to an adit server.",
+        abstract: "Carry local connections through one tunnel to an adit server: -L, -R, -D, --http-proxy, --stdio, UDP.",
         discussion: """
-            Each -L binds a local port at once; every connection to it becomes one stream of the tunnel, which the server connects to HOST:HOSTPORT (if its --allow rules permit). The client keeps the tunnel up, reconnecting with backoff; connections made while it is down wait up to 15 s.
+            Every way in goes over the same tunnel, all repeatable in one process:
+              -L [BIND:]PORT:HOST:HOSTPORT[/udp]   local port to a fixed target (as ssh -L), TCP or UDP
+              -R [BIND:]PORT:HOST:HOSTPORT[/udp]   the server listens on BIND:PORT (its --allow-reverse must permit it); connections come back to HOST:HOSTPORT here
+              -D [BIND:]PORT                       SOCKS5 (and SOCKS4a) proxy for browsers and other SOCKS clients, with UDP ASSOCIATE
+              --http-proxy [BIND:]PORT             HTTP proxy (CONNECT and http:// requests) for curl, package managers, browsers
+              --stdio HOST:PORT                    one connection on standard input and output, for ssh's ProxyCommand
+            The server decides what each stream may reach (its --allow rules); names are resolved there. The client keeps the tunnel up, reconnecting with backoff (and failing over between --server URLs); connections made while it is down wait up to --wait-for-tunnel seconds, then are refused in their protocol's terms.
 
             Examples:
               adit client ws://gateway.example.com:8080/ -L 2222:localhost:22
-              adit client ws://127.0.0.1:8080/tunnel -L 0.0.0.0:5432:db.internal:5432
-              adit client ws://[::1]:8080/ -L [::1]:8080:10.0.0.7:80 -H 'X-Team: ops'
+              adit client wss://gateway.example.com/ -D 1080 --http-proxy 3128
+              adit client wss://gateway.example.com/ -R 8080:localhost:3000
+              adit client ws://127.0.0.1:8080/ -L 5353:10.0.0.53:53/udp
+              ssh -o ProxyCommand='adit client wss://gateway.example.com/ --stdio %h:%p' user@internal-host
+              adit client --server wss://gw1.example.com/ --server wss://gw2.example.com/ -L 5432:db.internal:5432
 
             With --raw, each local connection gets its own WebSocket to the URL, unmultiplexed, and the server picks the target (an adit server's --raw route, or websockify):
               adit client --raw ws://gateway.example.com:8080/vnc -L 5901
             """)
 
-    @Argument(help: ArgumentHelp("The server: ws://HOST[:PORT][/path], or wss:// for TLS (default port 443). Example: wss://gateway.example.com/tunnel",
+    @Argument(help: ArgumentHelp("The server: ws://HOST[:PORT][/path], or wss:// for TLS (default port 443). More with --server. Example: wss://gateway.example.com/tunnel",
                                  valueName: "url"))
-    var url: String
+    var url: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "A server URL (repeatable, or a comma-separated list): the client uses the first it can reach and fails over to the next, in order. Example: --server wss://gw1.example.com/,wss://gw2.example.com/",
+        valueName: "url"))
+    var server: [String] = []
 
     @Option(name: .customShort("L"), help: ArgumentHelp(
-        "Local forward [BIND:]PORT:HOST:HOSTPORT (repeatable), as in ssh. BIND defaults to 127.0.0.1; IPv6 in brackets. With --raw: [BIND:]PORT. Example: -L 8080:intranet.example:80",
+        "Local forward [BIND:]PORT:HOST:HOSTPORT[/udp] (repeatable), as in ssh. BIND defaults to 127.0.0.1; IPv6 in brackets. With --raw: [BIND:]PORT. Example: -L 8080:intranet.example:80",
         valueName: "forward"))
     var forwards: [String] = []
+
+    @Option(name: .customShort("R"), help: ArgumentHelp(
+        "Reverse forward [BIND:]PORT:HOST:HOSTPORT[/udp] (repeatable): the server listens on BIND:PORT (its loopback unless BIND says otherwise; port 0 picks one) and carries each connection back to HOST:HOSTPORT reached from here. Example: -R 8080:localhost:3000",
+        valueName: "forward"))
+    var reverse: [String] = []
+
+    @Option(name: .customShort("D"), help: ArgumentHelp(
+        "SOCKS5/SOCKS4a proxy on [BIND:]PORT (repeatable): applications name their targets, the server resolves and connects them. Example: -D 1080",
+        valueName: "port"))
+    var dynamic: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp(
+        "HTTP proxy on [BIND:]PORT (repeatable): CONNECT and absolute-form requests (http://…), for curl, browsers and package managers. Example: --http-proxy 3128",
+        valueName: "port"))
+    var httpProxy: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Carry standard input and output as one stream to HOST:PORT, then exit (0 when it ended cleanly, 1 when refused or cut short, with the reason on standard error). For ssh: -o ProxyCommand='adit client URL --stdio %h:%p'",
+        valueName: "host:port"))
+    var stdio: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "User that -D and --http-proxy require (SOCKS5 username/password, HTTP Basic); the password comes from --local-password-file or ADIT_LOCAL_PASSWORD. Example: --local-user app",
+        valueName: "user"))
+    var localUser: String?
+
+    @Option(name: .long, help: ArgumentHelp("File whose first line is the password of --local-user. Example: --local-password-file ~/.config/adit/local-pass",
+                                            valueName: "file"))
+    var localPasswordFile: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Seconds a new local connection waits for the tunnel when it is down before it is refused (SOCKS general failure, HTTP 503, exit 1 for --stdio). Example: --wait-for-tunnel 30",
+        valueName: "seconds"))
+    var waitForTunnel: Int = 10
+
+    @Option(name: .long, help: ArgumentHelp("Seconds of silence after which a UDP flow (one local sender) is closed. Example: --udp-timeout 120",
+                                            valueName: "seconds"))
+    var udpTimeout: Int = 60
 
     @Flag(name: .long, help: ArgumentHelp(
         "Carry each local connection over its own plain WebSocket (binary messages, no multiplexing) to the URL, whose server decides the target: an adit server's --raw route or websockify. Example: adit client --raw ws://host:8080/vnc -L 5901"))
@@ -78,47 +131,83 @@ struct ClientCommand: AsyncParsableCommand {
     @OptionGroup var metricsOptions: MetricsOptions
     @OptionGroup var logging: LoggingOptions
 
+    /// The positional URL, then every --server (comma lists split), in order.
+    func serverURLs() throws -> [TunnelURL] {
+        let texts = (url.map { [$0] } ?? []) + server.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        guard !texts.isEmpty else {
+            throw ConfigurationError("no server given: name it, e.g. adit client wss://gateway.example.com/ -L 8080:intranet:80 (or --server URL)")
+        }
+        return try texts.map { text throws(ConfigurationError) in try TunnelURL.parse(text) }
+    }
+
     func validate() throws {
         do {
-            _ = try TunnelURL.parse(url)
-            guard !forwards.isEmpty else {
-                throw ValidationError("no -L forward given; add one, e.g. -L 8080:example.com:80")
-            }
+            let servers = try serverURLs()
             if raw {
-                for f in forwards { _ = try parseRawListener(f) }
+                guard !forwards.isEmpty else { throw ValidationError("--raw needs a -L [BIND:]PORT to listen on, e.g. --raw ws://host:8080/vnc -L 5901") }
+                guard reverse.isEmpty, dynamic.isEmpty, httpProxy.isEmpty, stdio == nil else {
+                    throw ValidationError("--raw carries -L listeners only (each connection its own WebSocket); -R, -D, --http-proxy and --stdio need the tunnel")
+                }
+                guard servers.count == 1 else { throw ValidationError("--raw takes one URL, not a --server list") }
+                for f in forwards { _ = try HostPort.parseListener(f, what: "-L") }
             } else {
+                guard !forwards.isEmpty || !reverse.isEmpty || !dynamic.isEmpty || !httpProxy.isEmpty || stdio != nil else {
+                    throw ValidationError("nothing to forward: add -L 8080:example.com:80, -R 8080:localhost:3000, -D 1080, --http-proxy 3128 or --stdio host:22")
+                }
                 for f in forwards { _ = try ForwardSpec.parse(f) }
+                for r in reverse { _ = try ReverseForwardSpec.parse(r) }
+                for d in dynamic { _ = try HostPort.parseListener(d, what: "-D") }
+                for h in httpProxy { _ = try HostPort.parseListener(h, what: "--http-proxy") }
+                if let stdio { _ = try stdioTarget(stdio) }
+            }
+            if localUser == nil && localPasswordFile != nil {
+                throw ValidationError("--local-password-file needs --local-user")
+            }
+            if localUser != nil && dynamic.isEmpty && httpProxy.isEmpty {
+                throw ValidationError("--local-user protects -D and --http-proxy listeners; there are none")
             }
             _ = try parsedHeaders()
             _ = try parsedHeaders(proxyHeader, flag: "--proxy-header")
             _ = try proxyRoute()
-            if try tls.isSet && !TunnelURL.parse(url).secure && proxyRoute().0?.url.kind != .https {
-                throw ConfigurationError("TLS options (--ca-file, --pin, --tls-cert, --insecure, …) need a wss:// URL; \(url) is plain ws://")
+            if try tls.isSet && !servers.contains(where: \.secure) && proxyRoute().0?.url.kind != .https {
+                throw ConfigurationError("TLS options (--ca-file, --pin, --tls-cert, --insecure, …) need a wss:// URL; \(servers[0]) is plain ws://")
             }
         } catch let error as ConfigurationError {
             throw ValidationError(error.message)
         }
         guard connectTimeout >= 1 else { throw ValidationError("--connect-timeout must be at least 1 second") }
+        guard waitForTunnel >= 0 && waitForTunnel <= 3600 else {
+            throw ValidationError("--wait-for-tunnel must be between 0 and 3600 seconds")
+        }
+        guard udpTimeout >= 1 && udpTimeout <= 86_400 else { throw ValidationError("--udp-timeout must be between 1 and 86400 seconds") }
     }
 
-    /// `-L [BIND:]PORT` with --raw: the target is the server's business.
-    func parseRawListener(_ text: String) throws -> HostPort {
-        let fields = try HostPort.splitFields(text, what: "-L")
-        switch fields.count {
-        case 1:
-            return HostPort(host: "127.0.0.1", port: try HostPort.parsePort(fields[0], what: "-L '\(text)' local port", allowZero: true))
-        case 2:
-            let bind = fields[0].isEmpty || fields[0] == "*" ? "0.0.0.0" : fields[0]
-            return HostPort(host: bind, port: try HostPort.parsePort(fields[1], what: "-L '\(text)' local port", allowZero: true))
-        default:
-            throw ConfigurationError("with --raw, -L '\(text)' must be [BIND:]PORT (the server decides the target), e.g. -L 5901")
+    func stdioTarget(_ text: String) throws(ConfigurationError) -> MuxTarget {
+        let hostPort = try HostPort.parse(text, what: "--stdio")
+        guard hostPort.host.utf8.count <= 255, hostPort.host.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw ConfigurationError("--stdio '\(text)': '\(hostPort.host)' is not a valid host name")
         }
+        return MuxTarget(hostText: hostPort.host, port: UInt16(hostPort.port))
+    }
+
+    func localCredentials() throws(ConfigurationError) -> LocalCredentials? {
+        guard let localUser else { return nil }
+        if let file = localPasswordFile {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw ConfigurationError("--local-password-file '\(file)' cannot be read")
+            }
+            return LocalCredentials(user: localUser, password: String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? ""))
+        }
+        guard let password = ProcessInfo.processInfo.environment["ADIT_LOCAL_PASSWORD"] else {
+            throw ConfigurationError("--local-user \(localUser) needs a password: set ADIT_LOCAL_PASSWORD or give --local-password-file")
+        }
+        return LocalCredentials(user: localUser, password: password)
     }
 
     func proxyRoute() throws -> (ProxyRoute?, String) {
         try ProxyRoute.resolve(proxy: proxy, noProxy: noProxy, user: proxyUser, passwordFile: proxyPasswordFile,
                                connectHeaders: try parsedHeaders(proxyHeader, flag: "--proxy-header"),
-                               server: try TunnelURL.parse(url), environment: ProcessInfo.processInfo.environment)
+                               server: try serverURLs()[0], environment: ProcessInfo.processInfo.environment)
     }
 
     func parsedHeaders() throws -> [(String, String)] {
@@ -142,10 +231,25 @@ struct ClientCommand: AsyncParsableCommand {
     func run() async throws {
         raiseFileDescriptorLimit()
         tuneAllocator()
-        let logger = logging.makeLogger(label: "adit.client")
-        var config = AditClient.Configuration(url: try TunnelURL.parse(url),
-                                              forwards: raw ? [] : try forwards.map(ForwardSpec.parse))
-        if raw { config.rawListeners = try forwards.map(parseRawListener) }
+        let logger = logging.makeLogger(label: "adit.client", quietDefault: stdio != nil)
+        let servers = try serverURLs()
+        var config = AditClient.Configuration(url: servers[0], forwards: raw ? [] : try forwards.map(ForwardSpec.parse))
+        config.servers = servers
+        if raw { config.rawListeners = try forwards.map { text throws(ConfigurationError) in try HostPort.parseListener(text, what: "-L") } }
+        config.reverseForwards = try reverse.map(ReverseForwardSpec.parse)
+        config.socksListeners = try dynamic.map { text throws(ConfigurationError) in try HostPort.parseListener(text, what: "-D") }
+        config.httpProxyListeners = try httpProxy.map { text throws(ConfigurationError) in
+            try HostPort.parseListener(text, what: "--http-proxy")
+        }
+        config.stdioTarget = try stdio.map(stdioTarget)
+        do {
+            config.localCredentials = try localCredentials()
+        } catch {
+            logger.error("\(error.message)")
+            throw ExitCode(1)
+        }
+        config.waitForTunnel = .seconds(Int64(waitForTunnel))
+        config.udpIdleTimeout = .seconds(Int64(udpTimeout))
         config.compression = compression.settings
         config.tls = tls.settings
         let (route, why) = try proxyRoute()
@@ -173,7 +277,11 @@ struct ClientCommand: AsyncParsableCommand {
         config.connectTimeout = .seconds(Int64(connectTimeout))
         let exported = try metricsOptions.makeMetrics(logger: logger)
         config.metrics = exported?.0
-        try await runService(AditClient(configuration: config, logger: logger), extra: exported.map { [$0.1] } ?? [],
-                             logger: logger)
+        let client = try AditClient(configuration: config, logger: logger)
+        try await runService(client, extra: exported.map { [$0.1] } ?? [], logger: logger)
+        if config.stdioTarget != nil, let failure = client.stdioFailure {
+            logger.error("\(failure)")
+            throw ExitCode(1)
+        }
     }
 }

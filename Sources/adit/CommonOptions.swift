@@ -14,18 +14,20 @@ import Darwin
 
 struct LoggingOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "Log detail: trace, debug, info, notice, warning, error. Debug shows every stream and the tunnel's round-trip times. Example: --log-level debug",
+        "Log detail: trace, debug, info, notice, warning, error (default info; warning with --stdio). Debug shows every stream and the tunnel's round-trip times. Example: --log-level debug",
         valueName: "level"))
-    var logLevel: String = "info"
+    var logLevel: String?
 
     func validate() throws {
-        guard Logger.Level(rawValue: logLevel.lowercased()) != nil else {
+        if let logLevel, Logger.Level(rawValue: logLevel.lowercased()) == nil {
             throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error")
         }
     }
 
-    func makeLogger(label: String) -> Logger {
-        let level = Logger.Level(rawValue: logLevel.lowercased()) ?? .info
+    /// `quietDefault`: the level when none is asked for (warning under `--stdio`, whose standard error is the
+    /// user's ssh terminal).
+    func makeLogger(label: String, quietDefault: Bool = false) -> Logger {
+        let level = logLevel.flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? (quietDefault ? .warning : .info)
         LoggingBootstrapOnce.run(level: level)
         var logger = Logger(label: label)
         logger.logLevel = level
@@ -160,7 +162,9 @@ struct MetricsOptions: ParsableArguments {
 /// Runs services until SIGTERM or SIGINT, turning failures into one line and exit code 1.
 func runService(_ service: some Service & Sendable, extra: [any Service] = [], logger: Logger) async throws {
     let group = ServiceGroup(configuration: .init(
-        services: [.init(service: service)] + extra.map { .init(service: $0) },
+        // The main service returns on its own only when its work is done (--stdio): that ends the process.
+        services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)]
+            + extra.map { .init(service: $0) },
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: Logger(label: "adit.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })))
     do {

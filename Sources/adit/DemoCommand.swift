@@ -26,7 +26,7 @@ struct DemoCommand: AsyncParsableCommand {
     func run() async throws {
         tuneAllocator()
         var options = logging
-        if options.logLevel == "info" { options.logLevel = "warning" }  // keep the demo's screen for the progress line
+        if options.logLevel == nil { options.logLevel = "warning" }  // keep the demo's screen for the progress line
         let logger = options.makeLogger(label: "adit.demo")
         do {
             try await DemoRunner(streams: streams, totalBytes: megabytes << 20, logger: logger).run()

@@ -29,6 +29,15 @@ struct ServerCommand: AsyncParsableCommand {
         valueName: "pattern"))
     var allow: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Let clients ask the server to listen (-R) on binds matching PATTERN (repeatable; same syntax as --allow, /udp for UDP). Denied unless a pattern allows it. Example: --allow-reverse '127.0.0.1:8000-8999'",
+        valueName: "pattern"))
+    var allowReverse: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Seconds of silence after which a UDP flow is closed. Example: --udp-timeout 120",
+                                            valueName: "seconds"))
+    var udpTimeout: Int = 60
+
     @Option(name: .long, help: ArgumentHelp("URL path the WebSocket is served on. Example: --path /tunnel", valueName: "path"))
     var path: String = "/"
 
@@ -55,11 +64,12 @@ struct ServerCommand: AsyncParsableCommand {
     func validate() throws {
         do {
             _ = try HostPort.parse(listen, what: "--listen", allowZeroPort: true)
-            guard !allow.isEmpty else {
+            guard !allow.isEmpty || !allowReverse.isEmpty else {
                 throw ValidationError(
                     "no --allow pattern given: the server would refuse every target. Add one, e.g. --allow 'localhost:22' (or --allow '*:*' to allow all)")
             }
             _ = try TargetPolicy.parse(allow)
+            _ = try TargetPolicy.parse(allowReverse, flag: "--allow-reverse")
             var paths: Set<String> = [path]
             for text in raw {
                 let route = try RawBridgeRoute.parse(text)
@@ -74,6 +84,7 @@ struct ServerCommand: AsyncParsableCommand {
         guard connectTimeout >= 1 else { throw ValidationError("--connect-timeout must be at least 1 second") }
         guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout cannot be negative") }
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be between 1 and 256") }
+        guard udpTimeout >= 1 && udpTimeout <= 86_400 else { throw ValidationError("--udp-timeout must be between 1 and 86400 seconds") }
     }
 
     func run() async throws {
@@ -83,6 +94,8 @@ struct ServerCommand: AsyncParsableCommand {
         var config = AditServer.Configuration(listen: try HostPort.parse(listen, what: "--listen", allowZeroPort: true),
                                               policy: try TargetPolicy.parse(allow))
         config.path = path
+        config.reversePolicy = try TargetPolicy.parse(allowReverse, flag: "--allow-reverse")
+        config.udpIdleTimeout = .seconds(Int64(udpTimeout))
         config.mux = tunnel.muxConfiguration
         config.channelOptions.tunnelSocketBuffer = tunnel.tunnelSocketBuffer
         config.connectTimeout = .seconds(Int64(connectTimeout))

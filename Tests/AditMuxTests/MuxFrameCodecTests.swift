@@ -7,10 +7,17 @@ import Testing
         .data(StreamID(1), ByteBuffer(string: "hello"), fin: false),
         .data(StreamID(3), ByteBuffer(), fin: true),
         .data(StreamID(0x7FFF_FFFF), ByteBuffer(repeating: 7, count: 70_000), fin: true),
-        .open(StreamID(5), MuxTarget(host: .ipv4(0x7F00_0001), port: 22)),
-        .open(StreamID(7), MuxTarget(hostText: "::1", port: 443)),
-        .open(StreamID(9), MuxTarget(hostText: "Example.COM", port: 65535)),
-        .openOK(StreamID(2)),
+        .open(StreamID(5), MuxOpenRequest(target: MuxTarget(host: .ipv4(0x7F00_0001), port: 22))),
+        .open(StreamID(7), MuxOpenRequest(target: MuxTarget(hostText: "::1", port: 443))),
+        .open(StreamID(9), MuxOpenRequest(target: MuxTarget(hostText: "Example.COM", port: 65535))),
+        .open(StreamID(11), MuxOpenRequest(target: MuxTarget(hostText: "10.0.0.53", port: 53), kind: .datagram)),
+        .open(StreamID(12), MuxOpenRequest(target: MuxTarget(hostText: "203.0.113.9", port: 40000), listener: StreamID(13))),
+        .open(StreamID(14), MuxOpenRequest(target: MuxTarget(hostText: "::1", port: 5353), kind: .datagram,
+                                           listener: StreamID(15))),
+        .openOK(StreamID(2), bound: nil),
+        .openOK(StreamID(17), bound: MuxTarget(hostText: "127.0.0.1", port: 8022)),
+        .listen(StreamID(19), MuxListenRequest(bind: MuxTarget(hostText: "0.0.0.0", port: 0))),
+        .listen(StreamID(21), MuxListenRequest(bind: MuxTarget(hostText: "::", port: 5353), kind: .datagram)),
         .reset(StreamID(4), .notAllowed, reason: "127.0.0.1:9 is not allowed"),
         .reset(StreamID(6), .refused, reason: ""),
         .windowUpdate(StreamID(8), increment: 0x7FFF_FFFF),
@@ -18,6 +25,7 @@ import Testing
         .pong(42),
         .goAway(lastStreamID: StreamID(11), code: .resourceLimit, reason: "shutting down"),
         .hello(MuxHello(initialWindow: 4 << 20, maxMessageSize: 1 << 20)),
+        .hello(MuxHello(initialWindow: 1 << 16, maxMessageSize: 1 << 20, features: [.reverse, .datagrams])),
     ]
 
     @Test(arguments: frames)
@@ -82,6 +90,27 @@ import Testing
         #expect(throws: MuxProtocolError.self) { try decode([0, 0, 7, 1, 0, 0, 0, 0, 1, 1, 127, 0, 0, 1, 0, 0]) }
         // OPEN with a name containing a space
         #expect(throws: MuxProtocolError.self) { try decode([0, 0, 6, 1, 0, 0, 0, 0, 1, 3, 1, 0x20, 0, 22]) }
+    }
+
+    @Test func flagsAndTheListenerIDAreWhereTheSpecSaysTheyAre() throws {
+        var buffer = ByteBuffer()
+        let request = MuxOpenRequest(target: MuxTarget(hostText: "10.0.0.1", port: 53), kind: .datagram, listener: StreamID(3))
+        MuxFrameCodec.encode(.open(StreamID(2), request), into: &buffer)
+        // length 11, type OPEN, flags DATAGRAM|REVERSE, stream 2, listener 3, IPv4 10.0.0.1, port 53
+        #expect(Array(buffer.readableBytesView) == [0, 0, 11, 1, 0x6, 0, 0, 0, 2, 0, 0, 0, 3, 1, 10, 0, 0, 1, 0, 53])
+    }
+
+    @Test func aNineByteHelloFromAnOlderPeerAnnouncesNoFeatures() throws {
+        var buffer = ByteBuffer(bytes: [0, 0, 9, 8, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0x10, 0, 0])
+        #expect(try MuxFrameCodec.decode(from: &buffer) == .hello(MuxHello(initialWindow: 65536, maxMessageSize: 1 << 20)))
+    }
+
+    @Test func aListenMayAskForPortZeroButAnOpenMayNot() throws {
+        var listen = ByteBuffer(bytes: [0, 0, 7, 9, 0, 0, 0, 0, 1, 1, 127, 0, 0, 1, 0, 0])
+        #expect(try MuxFrameCodec.decode(from: &listen)
+            == .listen(StreamID(1), MuxListenRequest(bind: MuxTarget(hostText: "127.0.0.1", port: 0))))
+        var reverse = ByteBuffer(bytes: [0, 0, 4, 1, 4, 0, 0, 0, 2, 0, 0, 0, 0])
+        #expect(throws: MuxProtocolError.self) { _ = try MuxFrameCodec.decode(from: &reverse) }  // listener 0, no target
     }
 
     @Test func longReasonsAreCutOnACharacterBoundary() throws {

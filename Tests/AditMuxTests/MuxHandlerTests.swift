@@ -42,16 +42,50 @@ final class RealisticCloseHandler: ChannelOutboundHandler {
 final class AcceptingDelegate: MuxSessionDelegate {
     var ready = false
     var opens: [(StreamID, MuxTarget)] = []
+    var requests: [(StreamID, MuxOpenRequest)] = []
+    var listens: [(StreamID, MuxListenRequest)] = []
+    var closedListeners: [(StreamID, ResetCode)] = []
+    var goAways = 0
     var closed = false
     var decision: ((MuxHandler, StreamID, MuxTarget) -> Void)?
+    var listenDecision: ((MuxHandler, StreamID, MuxListenRequest) -> Void)?
 
     func muxSessionDidBecomeReady(_ session: MuxHandler) { ready = true }
-    func muxSession(_ session: MuxHandler, didReceiveOpenFor stream: StreamID, target: MuxTarget) {
-        opens.append((stream, target))
-        decision?(session, stream, target)
+    func muxSession(_ session: MuxHandler, didReceiveOpen stream: StreamID, request: MuxOpenRequest) {
+        opens.append((stream, request.target))
+        requests.append((stream, request))
+        decision?(session, stream, request.target)
     }
-    func muxSessionDidReceiveGoAway(_ session: MuxHandler, code: ResetCode, reason: String) {}
+    func muxSession(_ session: MuxHandler, didReceiveListen listener: StreamID, request: MuxListenRequest) {
+        listens.append((listener, request))
+        if let listenDecision { listenDecision(session, listener, request) }
+        else { session.reject(listener, code: .notAllowed, reason: "no") }
+    }
+    func muxSession(_ session: MuxHandler, listenerDidClose listener: StreamID, code: ResetCode, reason: String) {
+        closedListeners.append((listener, code))
+    }
+    func muxSessionDidReceiveGoAway(_ session: MuxHandler, code: ResetCode, reason: String) { goAways += 1 }
     func muxSessionDidClose(_ session: MuxHandler, error: (any Error)?) { closed = true }
+}
+
+extension MuxHandler {
+    /// Test shorthand, as the `-L` front does it: a TCP stream to `target` on `channel`, closed if it fails.
+    /// Throws what made an immediate failure.
+    @discardableResult
+    func openStream(to target: MuxTarget, endpoint channel: any Channel) throws -> StreamID {
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.whenFailure { _ in channel.close(promise: nil) }
+        guard let id = openStream(MuxOpenRequest(target: target), endpoint: ChannelStreamEndpoint(channel), promise: promise)
+        else {
+            try promise.futureResult.wait()
+            throw MuxSessionError.sessionClosed
+        }
+        return id
+    }
+
+    func accept(_ id: StreamID, endpoint channel: any Channel) {
+        accept(id, endpoint: ChannelStreamEndpoint(channel))
+    }
 }
 
 /// Two sessions joined back to back on one embedded loop; `pump()` carries messages both ways.
@@ -66,10 +100,15 @@ struct MuxPair {
     /// Every DATA frame the client sent, by stream, for flow-control and fairness assertions.
     var clientDataFrames: [(StreamID, Int)] = []
 
-    init(configuration: MuxConfiguration = .init()) throws {
+    init(configuration: MuxConfiguration = .init(), serverFeatures: MuxFeatures = [.reverse, .datagrams],
+         clientFeatures: MuxFeatures = [.datagrams]) throws {
         let logger = Logger(label: "test")
-        clientMux = MuxHandler(role: .client, configuration: configuration, logger: logger, delegate: clientDelegate)
-        serverMux = MuxHandler(role: .server, configuration: configuration, logger: logger, delegate: serverDelegate)
+        var clientConfiguration = configuration
+        clientConfiguration.features = clientFeatures
+        var serverConfiguration = configuration
+        serverConfiguration.features = serverFeatures
+        clientMux = MuxHandler(role: .client, configuration: clientConfiguration, logger: logger, delegate: clientDelegate)
+        serverMux = MuxHandler(role: .server, configuration: serverConfiguration, logger: logger, delegate: serverDelegate)
         client = EmbeddedChannel(handlers: [RealisticCloseHandler(), clientMux], loop: loop)
         server = EmbeddedChannel(handlers: [RealisticCloseHandler(), serverMux], loop: loop)
         try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
@@ -271,7 +310,9 @@ extension EmbeddedChannel {
         pair.serverMux.beginDrain(reason: "test")
         try pair.pump()
         let (c, _) = try pair.endpoint()
-        #expect(throws: MuxSessionError.draining) { try pair.clientMux.openStream(to: target, endpoint: c) }
+        #expect(throws: MuxStreamOpenError.session(.draining, unprocessed: true)) {
+            try pair.clientMux.openStream(to: target, endpoint: c)
+        }
         #expect(!pair.serverMux.isClosed)  // a stream is still open
         try a.close().wait()
         try pair.pump()

@@ -7,7 +7,7 @@ import Testing
         #expect(s.canSend)
         s.sentData(length: 60, fin: false)
         #expect(s.sendWindow.available == 40)
-        #expect(s.receivedOpenOK() == .none)
+        #expect(s.receivedOpenOK() == .opened)
         #expect(s.phase == .open)
         s.sentData(length: 40, fin: false)
         #expect(s.sendWindow.available == 0)
@@ -38,19 +38,51 @@ import Testing
         #expect(s.receivedData(length: 250, fin: false) == .deliver(fin: false))
     }
 
+    /// Each direction's half-close is a state of its own: open → FIN queued → FIN sent one way, open → FIN
+    /// received → FIN delivered the other; the stream ends only when both are done.
     @Test func halfCloseEachWayThenClosed() {
         var s = StreamStateMachine.opening(peerInitialWindow: 100, localInitialWindow: 100)
         _ = s.receivedOpenOK()
+        #expect(s.endpointInputEnded() == .queueFin)
+        #expect(s.outbound == .finQueued)
+        #expect(s.finQueued)
+        #expect(!s.wantsEndpointInput)  // nothing more is read after the end
+        #expect(s.canSend)  // but what was read, and the FIN, still go out
+        #expect(s.endpointInputEnded() == .none)  // twice is once
         s.sentData(length: 0, fin: true)
+        #expect(s.outbound == .finSent)
         #expect(!s.canSend)
-        let finishedEarly = s.finishIfDone()
-        #expect(!finishedEarly)
+        #expect(s.finishIfDone() == false)
         // The other direction keeps flowing after our FIN.
         #expect(s.receivedData(length: 10, fin: false) == .deliver(fin: false))
         #expect(s.receivedData(length: 5, fin: true) == .deliver(fin: true))
-        let finished = s.finishIfDone()
-        #expect(finished)
+        #expect(s.inbound == .finReceived)
+        #expect(s.finAwaitingDelivery)
+        #expect(s.finishIfDone() == false)  // received is not delivered
+        s.deliveredFin()
+        #expect(s.inbound == .finDelivered)
+        #expect(s.finishIfDone() == true)
         #expect(s.isClosed)
+    }
+
+    @Test func anEndpointThatClosesAfterItsFinWasDeliveredIsEndingNotResetting() {
+        var s = StreamStateMachine.accepting(peerInitialWindow: 100, localInitialWindow: 100)
+        s.accepted()
+        #expect(s.receivedData(length: 3, fin: true) == .deliver(fin: true))
+        s.deliveredFin()
+        // NIO reports a full close once both halves are shut: after our FIN, that close is its end of file.
+        #expect(s.endpointClosed() == .queueFin)
+        s.sentData(length: 0, fin: true)
+        #expect(s.finishIfDone() == true)
+    }
+
+    @Test func anEndpointThatClosesBeforeItsFinResetsTheStream() {
+        var s = StreamStateMachine.opening(peerInitialWindow: 100, localInitialWindow: 100)
+        _ = s.receivedOpenOK()
+        #expect(s.receivedData(length: 3, fin: true) == .deliver(fin: true))  // received, not yet delivered
+        #expect(s.endpointClosed() == .reset(.closed, ""))
+        #expect(s.isClosed)
+        #expect(s.endpointClosed() == .none)
     }
 
     @Test func dataAfterFinIsAProtocolError() {
@@ -64,7 +96,7 @@ import Testing
 
     @Test func openOKTwiceIsAProtocolError() {
         var s = StreamStateMachine.opening(peerInitialWindow: 1, localInitialWindow: 1)
-        #expect(s.receivedOpenOK() == .none)
+        #expect(s.receivedOpenOK() == .opened)
         guard case .reset(.protocolError, _) = s.receivedOpenOK() else {
             Issue.record("expected a protocol-error reset")
             return
@@ -81,10 +113,12 @@ import Testing
 
     @Test func framesAfterResetAreDiscarded() {
         var s = StreamStateMachine.opening(peerInitialWindow: 10, localInitialWindow: 10)
-        s.receivedReset()
+        #expect(s.receivedReset() == true)  // it was still opening: its opener learns the failure
+        #expect(s.receivedReset() == false)
         #expect(s.receivedOpenOK() == .discard)
         #expect(s.receivedData(length: 1, fin: false) == .discard)
         #expect(s.receivedWindowUpdate(5) == .discard)
+        #expect(s.endpointInputEnded() == .none)
         #expect(!s.canSend)
     }
 
@@ -94,5 +128,15 @@ import Testing
         s.accepted()
         #expect(s.canSend)
         #expect(s.phase == .open)
+    }
+
+    @Test func datagramStreamsHaveNoHalfClose() {
+        var s = StreamStateMachine.opening(peerInitialWindow: 100, localInitialWindow: 100, kind: .datagram)
+        #expect(s.endpointInputEnded() == .none)  // a datagram socket has no end of file
+        #expect(s.wantsEndpointInput)
+        guard case .reset(.protocolError, _) = s.receivedData(length: 4, fin: true) else {
+            Issue.record("expected a protocol-error reset for FIN on a datagram stream")
+            return
+        }
     }
 }

@@ -430,6 +430,23 @@ def wait_closed(sock: socket.socket, timeout: float) -> tuple[str, bytes]:
         data += b
 
 
+def refused_locally(port: int, timeout: float = 10.0, send: bytes = b"") -> tuple[str, bytes]:
+    """Connect to a forward whose stream the tunnel refuses, and report how the local connection ended:
+    ("reset", b"") is what adit does (an abort, so a refusal never looks like an empty answer). The reset can
+    come so fast that connect() itself reports it."""
+    try:
+        s = connect_local(port)
+    except ConnectionResetError:
+        return "reset", b""
+    with s:
+        if send:
+            try:
+                s.sendall(send)
+            except OSError:
+                pass
+        return wait_closed(s, timeout=timeout)
+
+
 def connect_local(port: int, timeout: float = 5.0) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

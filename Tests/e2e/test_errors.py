@@ -10,15 +10,12 @@ import e2e_helpers as H
 
 
 def _assert_closed_promptly(port, limit=2.0):
-    with H.connect_local(port) as s:
-        t0 = time.monotonic()
-        try:
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")   # early data must not reach anyone
-        except OSError:
-            pass
-        how, data = H.wait_closed(s, timeout=limit + 3)
-        dt = time.monotonic() - t0
+    t0 = time.monotonic()
+    # early data must not reach anyone
+    how, data = H.refused_locally(port, timeout=limit + 3, send=b"GET / HTTP/1.0\r\n\r\n")
+    dt = time.monotonic() - t0
     assert data == b"", f"received {len(data)} bytes from a failed stream"
+    assert how == "reset", f"a failed stream must abort the local connection, not end it cleanly ({how})"
     assert dt <= limit, f"local connection closed only after {dt:.2f}s ({how})"
     return how, dt
 
@@ -88,7 +85,6 @@ def test_many_denied_streams_do_not_break_the_tunnel(adit, targets):
     forbidden = targets.echo()
     t = adit.tunnel([forbidden.port], allow=[])
     for _ in range(50):
-        with H.connect_local(t.ports[0]) as s:
-            H.wait_closed(s, timeout=5)
+        assert H.refused_locally(t.ports[0], timeout=5) == ("reset", b"")
     assert forbidden.accepted == 0
     assert H.make_probe(t.probe_port)

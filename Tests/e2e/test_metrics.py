@@ -50,9 +50,8 @@ def test_metrics_count_streams_bytes_and_resets(adit, targets):
         s.settimeout(10)
         s.sendall(payload)
         assert H.recv_exactly(s, len(payload)) == payload
-    with H.connect_local(denied_fwd) as s:   # denied by policy: reset with reason not_allowed
-        s.settimeout(10)
-        assert H.recv_until_eof(s) == b""
+    # denied by policy: reset with reason not_allowed, and the local connection aborted
+    assert H.refused_locally(denied_fwd) == ("reset", b""), "a refused stream must abort the local connection"
 
     sent = 'adit_stream_bytes_total{direction="sent"}'
     values = wait_metric(client_metrics, sent, lambda v: v >= len(payload))

@@ -6,19 +6,35 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
-/// `adit client`: listens on local ports and carries every connection as a stream of one tunnel.
+/// `adit client`: takes local connections in every way a user needs (the fronts: `-L`, `-D`, `--http-proxy`,
+/// `--stdio`, UDP) and carries each as a stream of one tunnel; asks the server to listen for `-R` and carries
+/// those connections back.
 public final class AditClient: Service, @unchecked Sendable {
     public struct Configuration: Sendable {
-        public var url: TunnelURL
+        /// The servers, in order of preference: the client fails over to the next when one cannot be reached.
+        public var servers: [TunnelURL]
+        /// `-L`: fixed-target forwards, TCP or UDP.
         public var forwards: [ForwardSpec]
+        /// `-R`: the server listens, connections come back here.
+        public var reverseForwards: [ReverseForwardSpec] = []
+        /// `-D`: SOCKS5 (and SOCKS4a) listeners; the client's application names the target.
+        public var socksListeners: [HostPort] = []
+        /// `--http-proxy`: local HTTP proxies (CONNECT and absolute-form requests).
+        public var httpProxyListeners: [HostPort] = []
+        /// `--stdio HOST:PORT`: one stream on standard input and output (ssh's ProxyCommand).
+        public var stdioTarget: MuxTarget?
+        /// Credentials the local SOCKS and HTTP-proxy listeners ask for; nil asks for none.
+        public var localCredentials: LocalCredentials?
         public var hostHeader: String?
         public var origin: String?
         public var extraHeaders: [(String, String)] = []
         public var mux = MuxConfiguration()
         public var channelOptions = TunnelChannelOptions()
         public var connectTimeout: TimeAmount = .seconds(10)
-        /// How long a local connection may wait for the tunnel before it is closed.
-        public var pendingTimeout: TimeAmount = .seconds(15)
+        /// How long a local connection may wait for the tunnel before it is refused in its protocol's terms.
+        public var waitForTunnel: TimeAmount = .seconds(10)
+        /// A UDP flow (one local sender) with no datagram either way for this long is closed.
+        public var udpIdleTimeout: TimeAmount = .seconds(60)
         public var reconnectMinimum: TimeAmount = .milliseconds(500)
         public var reconnectMaximum: TimeAmount = .seconds(15)
         public var drainTimeout: TimeAmount = .seconds(30)
@@ -26,42 +42,55 @@ public final class AditClient: Service, @unchecked Sendable {
         public var metrics: TunnelMetrics?
         /// permessage-deflate offer and use.
         public var compression = CompressionSettings()
-        /// `--raw`: these local listeners carry each connection over its own WebSocket to `url`, unmultiplexed
-        /// (websockify-compatible), instead of `forwards` over one tunnel.
+        /// `--raw`: these local listeners carry each connection over its own WebSocket to the first server,
+        /// unmultiplexed (websockify-compatible), instead of `forwards` over one tunnel.
         public var rawListeners: [HostPort] = []
         /// Largest message accepted on a raw WebSocket (after inflating).
         public var rawMaxMessageSize = 16 << 20
-        /// The proxy between us and the server; nil goes direct.
+        /// The proxy between us and the servers; nil goes direct.
         public var proxy: ProxyRoute?
         /// `User-Agent` of the upgrade request and of CONNECT.
         public var userAgent: String?
-        /// For wss://: trust, pins, client certificate. `prepareTLS()` builds the context from it.
+        /// For wss://: trust, pins, client certificate. `prepareTLS()` builds the contexts from it.
         public var tls = ClientTLSSettings()
-        private(set) var tlsContext: NIOSSLContext?
+        private(set) var tlsContexts: [String: NIOSSLContext] = [:]
         /// TLS to an https:// proxy: the system's roots plus `tls.caFile`, the proxy's own name checked.
         private(set) var proxyTLSContext: NIOSSLContext?
+        fileprivate var tlsPrepared = false
+
+        /// The first server (the one `--raw` uses).
+        public var url: TunnelURL {
+            get { servers[0] }
+            set { servers[0] = newValue }
+        }
 
         /// Loads the certificates and keys named in `tls` (once; the contexts serve every connection). Call
-        /// after setting `url`, `tls` and `proxy`.
+        /// after setting `servers`, `tls` and `proxy`; `AditClient.init` calls it when it was not.
         public mutating func prepareTLS() throws(ConfigurationError) {
-            tlsContext = url.secure ? try tls.makeContext(host: tls.serverName ?? url.host) : nil
+            tlsContexts = [:]
+            for server in servers where server.secure {
+                let host = tls.serverName ?? server.host
+                if tlsContexts[host] == nil { tlsContexts[host] = try tls.makeContext(host: host) }
+            }
             let httpsHop = proxy.map { [$0.url] + $0.next.map(\.url) }?.contains { $0.kind == .https } ?? false
             proxyTLSContext = httpsHop ? try tls.makeProxyContext() : nil
+            tlsPrepared = true
         }
 
         public init(url: TunnelURL, forwards: [ForwardSpec]) {
-            self.url = url
+            self.servers = [url]
             self.forwards = forwards
         }
 
-        /// How the tunnel (or each raw WebSocket) is dialled.
-        var dialer: WebSocketDialer {
+        /// How the tunnel to `servers[server]` (or each raw WebSocket, to the first) is dialled.
+        func dialer(server: Int = 0) -> WebSocketDialer {
+            let url = servers[server]
             var dialer = WebSocketDialer(url: url, hostHeader: hostHeader, origin: origin, extraHeaders: extraHeaders,
                                          compression: compression, channelOptions: channelOptions,
                                          connectTimeout: connectTimeout)
             dialer.proxy = proxy
             dialer.userAgent = userAgent
-            if let tlsContext { dialer.tls = (tlsContext, tls) }
+            if url.secure, let context = tlsContexts[tls.serverName ?? url.host] { dialer.tls = (context, tls) }
             dialer.proxyTLS = proxyTLSContext
             if !rawListeners.isEmpty {
                 // As websockify expects: `binary` alone (it only accepts it as the first token), or none back.
@@ -69,6 +98,11 @@ public final class AditClient: Service, @unchecked Sendable {
                 dialer.webSocket.requiresSubprotocol = false
             }
             return dialer
+        }
+
+        var hasTunnelFronts: Bool {
+            !forwards.isEmpty || !reverseForwards.isEmpty || !socksListeners.isEmpty || !httpProxyListeners.isEmpty
+                || stdioTarget != nil
         }
     }
 
@@ -80,27 +114,38 @@ public final class AditClient: Service, @unchecked Sendable {
     private let manager: NIOLoopBoundBox<TunnelManager>
     private var listeners: [any Channel] = []
     private let started: EventLoopPromise<[SocketAddress]>
+    /// With `--stdio`: completes when its one stream ended, with how it ended.
+    private var stdio: StdioFront?
 
     /// One event loop carries the tunnel and all its local connections: a single core does the relaying,
-    /// with no cross-thread hand-offs on the data path.
-    public init(configuration: Configuration, logger: Logger, group: MultiThreadedEventLoopGroup? = nil) {
+    /// with no cross-thread hand-offs on the data path. Fails when a TLS file cannot be loaded: a wss:// client
+    /// never falls back to anything less.
+    public init(configuration: Configuration, logger: Logger, group: MultiThreadedEventLoopGroup? = nil)
+        throws(ConfigurationError)
+    {
         var configuration = configuration
-        if configuration.url.secure && configuration.tlsContext == nil {
-            // Callers that did not prepare: default trust. Errors surface at the first dial.
-            try? configuration.prepareTLS()
-        }
+        guard !configuration.servers.isEmpty else { throw ConfigurationError("no server URL given") }
+        if !configuration.tlsPrepared { try configuration.prepareTLS() }
         self.configuration = configuration
         self.logger = logger
         self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.ownsGroup = group == nil
         self.eventLoop = self.group.next()
-        self.manager = NIOLoopBoundBox.makeBoxSendingValue(
-            TunnelManager(configuration: configuration, eventLoop: eventLoop, logger: logger), eventLoop: eventLoop)
+        let manager = TunnelManager(configuration: configuration, eventLoop: eventLoop, logger: logger)
+        if !configuration.reverseForwards.isEmpty {
+            manager.reverseForwards = ReverseForwards(specs: configuration.reverseForwards, configuration: configuration,
+                                                      eventLoop: eventLoop, logger: logger)
+        }
+        self.manager = NIOLoopBoundBox.makeBoxSendingValue(manager, eventLoop: eventLoop)
         self.started = eventLoop.makePromise()
     }
 
-    /// The local addresses of the listeners, in the order of the forwards (port 0 resolved).
+    /// The local addresses of the listeners, in the order of the forwards, then `-D`, then `--http-proxy`
+    /// (port 0 resolved).
     public var localAddresses: EventLoopFuture<[SocketAddress]> { started.futureResult }
+
+    /// With `--stdio`, how its stream ended: nil for a clean end, else the one sentence to print.
+    public private(set) var stdioFailure: String?
 
     public func run() async throws {
         do {
@@ -111,10 +156,16 @@ public final class AditClient: Service, @unchecked Sendable {
             throw error
         }
         await withGracefulShutdownHandler {
-            for listener in self.listeners { try? await listener.closeFuture.get() }
+            if let stdio = self.stdio {
+                self.stdioFailure = await stdio.finished()
+            } else {
+                for listener in self.listeners { try? await listener.closeFuture.get() }
+            }
         } onGracefulShutdown: {
             for listener in self.listeners { listener.close(promise: nil) }
+            self.stdio?.cancel()
         }
+        for listener in listeners { try? await listener.close() }
         await stop()
         try? await shutdownGroup()
     }
@@ -125,23 +176,59 @@ public final class AditClient: Service, @unchecked Sendable {
             return
         }
         var addresses: [SocketAddress] = []
+        // Every front runs on the tunnel's event loop: they reach the manager through its loop-bound box.
         let manager = self.manager
+        let opener: @Sendable () -> any StreamOpener = { manager.value }
+        let logger = self.logger
+        let via = configuration.servers.map(\.description).joined(separator: ", ")
         for forward in configuration.forwards {
             let target = forward.target
-            let address = try await listen(on: forward.bind, what: "-L \(forward)") { channel in
-                manager.value.handle(connection: channel, target: target)
+            let address: SocketAddress
+            if forward.kind == .datagram {
+                address = try await UDPForwardFront.bind(forward, opener: opener, idleTimeout: configuration.udpIdleTimeout,
+                                                         eventLoop: eventLoop, logger: logger) { [self] channel in
+                    self.listeners.append(channel)
+                }
+            } else {
+                address = try await listen(on: forward.bind, what: "-L \(forward)") { channel in
+                    ForwardFront.forward(channel, to: target, opener: manager.value, logger: logger)
+                }
             }
             addresses.append(address)
-            logger.notice("forwarding \(HostPort(host: address.ipAddress ?? forward.bind.host, port: address.port ?? 0)) -> \(forward.target) via \(configuration.url)")
+            let udp = forward.kind == .datagram ? "/udp" : ""
+            logger.notice("forwarding \(Self.shown(address, forward.bind))\(udp) -> \(target)\(udp) via \(via)")
+        }
+        let credentials = configuration.localCredentials
+        let udpIdle = configuration.udpIdleTimeout
+        for bind in configuration.socksListeners {
+            let address = try await listen(on: bind, what: "-D \(bind)") { channel in
+                SOCKSFront.serve(channel, opener: manager.value, credentials: credentials, udpIdleTimeout: udpIdle, logger: logger)
+            }
+            addresses.append(address)
+            logger.notice("SOCKS5/SOCKS4a proxy on \(Self.shown(address, bind)) via \(via)\(credentials == nil ? "" : " (username and password required)")")
+        }
+        for bind in configuration.httpProxyListeners {
+            let address = try await listen(on: bind, what: "--http-proxy \(bind)") { channel in
+                HTTPProxyFront.serve(channel, opener: manager.value, credentials: credentials, logger: logger)
+            }
+            addresses.append(address)
+            logger.notice("HTTP proxy on \(Self.shown(address, bind)) via \(via)\(credentials == nil ? "" : " (Basic authentication required)")")
+        }
+        if let target = configuration.stdioTarget {
+            stdio = try await StdioFront.start(target: target, opener: opener, eventLoop: eventLoop, logger: logger)
         }
         started.succeed(addresses)
         eventLoop.execute { manager.value.start() }
     }
 
+    static func shown(_ address: SocketAddress, _ bind: HostPort) -> HostPort {
+        HostPort(host: address.ipAddress ?? bind.host, port: address.port ?? 0)
+    }
+
     /// `--raw`: every local connection gets its own WebSocket; there is no tunnel to keep up.
     private func startRaw() async throws {
         var addresses: [SocketAddress] = []
-        let dialer = configuration.dialer
+        let dialer = configuration.dialer()
         let logger = self.logger
         let maxMessageSize = configuration.rawMaxMessageSize
         let compression = configuration.compression
@@ -151,13 +238,13 @@ public final class AditClient: Service, @unchecked Sendable {
                                                 compression: compression, logger: logger)
             }
             addresses.append(address)
-            logger.notice("forwarding \(HostPort(host: address.ipAddress ?? bind.host, port: address.port ?? 0)) over raw WebSockets to \(configuration.url) (compression \(compression.mode.rawValue))")
+            logger.notice("forwarding \(Self.shown(address, bind)) over raw WebSockets to \(configuration.url) (compression \(compression.mode.rawValue))")
         }
         started.succeed(addresses)
     }
 
     /// Binds one local listener whose accepted connections go to `onConnection` once active; on failure the
-    /// listeners bound so far are closed and the error names `what` was being listened for.
+    /// listeners bound so far are closed and the error names what was being listened for.
     private func listen(on bind: HostPort, what: String,
                         onConnection: @escaping @Sendable (any Channel) -> Void) async throws -> SocketAddress {
         let bootstrap = configuration.channelOptions.apply(toEndpointListener: ServerBootstrap(group: eventLoop))
@@ -193,4 +280,30 @@ public final class AditClient: Service, @unchecked Sendable {
     private func shutdownGroup() async throws {
         if ownsGroup { try await group.shutdownGracefully() }
     }
+}
+
+/// The username and password the local SOCKS5 and HTTP-proxy listeners require (RFC 1929, Basic).
+public struct LocalCredentials: Sendable, Equatable {
+    public var user: String
+    public var password: String
+
+    public init(user: String, password: String) {
+        self.user = user
+        self.password = password
+    }
+
+    /// Constant-time comparison: how long it takes does not tell how much of a guess was right.
+    package func matches(user: String, password: String) -> Bool {
+        let userMatches = constantTimeEquals(Array(user.utf8), Array(self.user.utf8))
+        let passwordMatches = constantTimeEquals(Array(password.utf8), Array(self.password.utf8))
+        return userMatches && passwordMatches
+    }
+}
+
+func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var difference = UInt8(truncatingIfNeeded: a.count ^ b.count)
+    for i in 0..<max(a.count, b.count) {
+        difference |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
+    }
+    return difference == 0
 }

@@ -22,6 +22,21 @@ public struct HostPort: Hashable, Sendable, CustomStringConvertible {
         return HostPort(host: host, port: port)
     }
 
+    /// Parses a local listener `[BIND:]PORT` (`-D`, `--http-proxy`, `--raw -L`): BIND defaults to 127.0.0.1; an
+    /// empty BIND or `*` means every address.
+    public static func parseListener(_ text: String, what: String) throws(ConfigurationError) -> HostPort {
+        let fields = try splitFields(text, what: what)
+        switch fields.count {
+        case 1:
+            return HostPort(host: "127.0.0.1", port: try parsePort(fields[0], what: "\(what) '\(text)' local port", allowZero: true))
+        case 2:
+            let bind = fields[0].isEmpty || fields[0] == "*" ? "0.0.0.0" : fields[0]
+            return HostPort(host: bind, port: try parsePort(fields[1], what: "\(what) '\(text)' local port", allowZero: true))
+        default:
+            throw ConfigurationError("\(what) '\(text)' must be [BIND:]PORT, e.g. \(what) 1080 or \(what) 127.0.0.1:1080")
+        }
+    }
+
     /// Splits on ':' outside brackets and removes the brackets: "[::1]:80:x" → ["::1", "80", "x"].
     public static func splitFields(_ text: String, what: String) throws(ConfigurationError) -> [String] {
         var fields: [String] = []

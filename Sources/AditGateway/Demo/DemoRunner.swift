@@ -63,7 +63,7 @@ public struct DemoRunner: Sendable {
             url: url, forwards: [ForwardSpec(bind: HostPort(host: "127.0.0.1", port: 0),
                                              target: MuxTarget(hostText: "127.0.0.1", port: UInt16(echoPort)))])
         clientConfig.drainTimeout = .seconds(5)
-        let client = AditClient(configuration: clientConfig, logger: logger)
+        let client = try AditClient(configuration: clientConfig, logger: logger)
         let clientServices = ServiceGroup(configuration: .init(
             services: [.init(service: client)], gracefulShutdownSignals: [.sigint, .sigterm],
             logger: Logger(label: "adit.demo.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })))

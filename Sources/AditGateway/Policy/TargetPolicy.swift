@@ -1,3 +1,4 @@
+import Foundation
 import AditMux
 
 /// Which targets the server may connect to: denied unless an `--allow` pattern matches. Checked on every
@@ -10,27 +11,41 @@ public struct TargetPolicy: Sendable, CustomStringConvertible {
         self.patterns = patterns
     }
 
-    public static func parse(_ texts: [String]) throws(ConfigurationError) -> TargetPolicy {
+    public static func parse(_ texts: [String], flag: String = "--allow") throws(ConfigurationError) -> TargetPolicy {
         var patterns: [TargetPattern] = []
-        for text in texts { patterns.append(try TargetPattern.parse(text)) }
+        for text in texts {
+            // A comma list is several patterns ('a:22,b:80'); an empty one is no pattern at all.
+            let pieces = text.split(separator: ",", omittingEmptySubsequences: true)
+            guard !pieces.isEmpty else { _ = try TargetPattern.parse(text, flag: flag); continue }
+            for piece in pieces {
+                patterns.append(try TargetPattern.parse(piece.trimmingCharacters(in: .whitespaces), flag: flag))
+            }
+        }
         return TargetPolicy(patterns: patterns)
     }
 
+    /// Every target, TCP and UDP: for the client's own `-R` targets, which come from its command line.
+    static let allowingEverything = TargetPolicy(patterns: [
+        TargetPattern(host: .any, ports: nil, kind: .stream, text: "*:*"),
+        TargetPattern(host: .any, ports: nil, kind: .datagram, text: "*:*/udp"),
+    ])
+
     /// Whether the target as named (name or literal address) is allowed.
-    public func allows(_ target: MuxTarget) -> Bool {
-        patterns.contains { $0.matches(host: target.host, port: target.port) }
+    public func allows(_ target: MuxTarget, kind: MuxStreamKind = .stream) -> Bool {
+        patterns.contains { $0.kind == kind && $0.matches(host: target.host, port: target.port) }
     }
 
     /// Whether a resolved address of a named target is allowed by an address pattern.
-    public func allows(address: MuxTarget.Host, port: UInt16) -> Bool {
-        patterns.contains { $0.matches(host: address, port: port) }
+    public func allows(address: MuxTarget.Host, port: UInt16, kind: MuxStreamKind = .stream) -> Bool {
+        patterns.contains { $0.kind == kind && $0.matches(host: address, port: port) }
     }
 
     public var description: String { patterns.map(\.description).joined(separator: ", ") }
 }
 
 /// One `--allow` pattern: `host:port`, `host:*`, `*.example.com:443`, `10.0.0.0/8:22`, `[::1]:*`,
-/// `[fd00::/8]:*`, `*:*`, and port ranges `1000-2000`.
+/// `[fd00::/8]:*`, `*:*`, and port ranges `1000-2000`; TCP, or UDP with a `/udp` suffix (`10.0.0.53:53/udp`) —
+/// a pattern never opens both, so allowing TCP never silently allows UDP.
 public struct TargetPattern: Sendable, Equatable, CustomStringConvertible {
     public enum HostRule: Sendable, Equatable {
         case any
@@ -43,10 +58,19 @@ public struct TargetPattern: Sendable, Equatable, CustomStringConvertible {
 
     public var host: HostRule
     public var ports: ClosedRange<UInt16>?  // nil = any port
+    public var kind: MuxStreamKind
     public let text: String
 
-    public static func parse(_ text: String) throws(ConfigurationError) -> TargetPattern {
-        let usage = "--allow '\(text)' must be HOST:PORT where HOST is a name, *.domain, an IP, a CIDR (10.0.0.0/8, [fd00::/8]) or *, and PORT a number, a range (1000-2000) or *"
+    public static func parse(_ fullText: String, flag: String = "--allow") throws(ConfigurationError) -> TargetPattern {
+        let usage = "\(flag) '\(fullText)' must be HOST:PORT[/udp] where HOST is a name, *.domain, an IP, a CIDR (10.0.0.0/8, [fd00::/8]) or *, and PORT a number, a range (1000-2000) or *"
+        var text = fullText
+        var kind = MuxStreamKind.stream
+        if text.lowercased().hasSuffix("/udp") {
+            kind = .datagram
+            text = String(text.dropLast(4))
+        } else if text.lowercased().hasSuffix("/tcp") {
+            text = String(text.dropLast(4))
+        }
         guard let colon = text.lastIndex(of: ":") else { throw ConfigurationError(usage) }
         var hostText = String(text[..<colon])
         let portText = String(text[text.index(after: colon)...])
@@ -91,13 +115,13 @@ public struct TargetPattern: Sendable, Equatable, CustomStringConvertible {
         } else {
             guard TargetPattern.isHostName(hostText) else {
                 if hostText.contains(":") {
-                    throw ConfigurationError("--allow '\(text)': put IPv6 addresses in brackets, e.g. [::1]:22")
+                    throw ConfigurationError("\(flag) '\(fullText)': put IPv6 addresses in brackets, e.g. [::1]:22")
                 }
                 throw ConfigurationError(usage)
             }
             rule = .name(hostText.lowercased())
         }
-        return TargetPattern(host: rule, ports: ports, text: text)
+        return TargetPattern(host: rule, ports: ports, kind: kind, text: fullText)
     }
 
     static func isHostName(_ s: String) -> Bool {

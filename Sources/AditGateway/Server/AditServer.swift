@@ -17,6 +17,10 @@ public final class AditServer: Service, @unchecked Sendable {
     public struct Configuration: Sendable {
         public var listen: HostPort
         public var policy: TargetPolicy
+        /// `--allow-reverse`: where clients may ask the server to listen for them (`-R`); empty allows nothing.
+        public var reversePolicy = TargetPolicy(patterns: [])
+        /// A UDP flow with no datagram either way for this long is closed.
+        public var udpIdleTimeout: TimeAmount = .seconds(60)
         public var path = "/"
         public var mux = MuxConfiguration()
         public var channelOptions = TunnelChannelOptions()
@@ -110,7 +114,8 @@ public final class AditServer: Service, @unchecked Sendable {
         started.succeed(address)
         let shown = HostPort(host: address.ipAddress ?? config.listen.host, port: address.port ?? 0)
         let scheme = config.tls == nil ? "ws" : "wss"
-        logger.notice("listening on \(scheme)://\(shown)\(config.path); targets allowed: \(config.policy.patterns.isEmpty ? "none" : config.policy.description); compression \(config.compression.mode.rawValue)")
+        let reverse = config.reversePolicy.patterns.isEmpty ? "" : "; reverse binds allowed: \(config.reversePolicy.description)"
+        logger.notice("listening on \(scheme)://\(shown)\(config.path); targets allowed: \(config.policy.patterns.isEmpty ? "none" : config.policy.description)\(reverse); compression \(config.compression.mode.rawValue)")
         for route in config.rawRoutes {
             logger.notice("raw WebSocket bridge on \(route.path) to \(route.target)")
             // A name may still be allowed once resolved; TargetConnector decides that on every connection.
@@ -158,7 +163,10 @@ public final class AditServer: Service, @unchecked Sendable {
             let metrics = self.configuration.metrics
             var exporter: SessionMetricsExporter? = nil
             let webSocket = WebSocketConnectionHandler(role: .server, configuration: wsConfig, logger: sessionLogger)
-            let session = ServerSession(connector: connector, logger: sessionLogger) { [weak self] handler in
+            let settings = ServerSession.Settings(connector: connector, reversePolicy: self.configuration.reversePolicy,
+                                                  channelOptions: self.configuration.channelOptions,
+                                                  udpIdleTimeout: self.configuration.udpIdleTimeout)
+            let session = ServerSession(settings: settings, logger: sessionLogger) { [weak self] handler in
                 exporter?.close()
                 exporter = nil
                 if let statistics = webSocket.compressionStatistics {
@@ -167,7 +175,9 @@ public final class AditServer: Service, @unchecked Sendable {
                 guard let self else { return }
                 _ = self.sessions.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(handler)) }
             }
-            let handler = MuxHandler(role: .server, configuration: mux, logger: sessionLogger)
+            var muxConfiguration = mux
+            muxConfiguration.features = [.reverse, .datagrams]
+            let handler = MuxHandler(role: .server, configuration: muxConfiguration, logger: sessionLogger)
             session.attach(handler)
             if let metrics {
                 exporter = SessionMetricsExporter(metrics: metrics, session: handler, webSocket: webSocket,

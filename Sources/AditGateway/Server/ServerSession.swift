@@ -1,16 +1,33 @@
 import AditMux
 import Logging
 import NIOCore
+import NIOPosix
 
-/// The server's side of one tunnel: checks each OPEN against the policy, connects the target, and binds it.
+/// The server's side of one tunnel: checks each OPEN against the policy, connects the target (TCP, or UDP for a
+/// datagram stream) and binds it; for each LISTEN (`-R`) checks the reverse policy, listens on the tunnel's event
+/// loop and opens a stream back for every connection (or UDP sender) that arrives. A session's listeners are
+/// closed the moment the session ends, so the ports are free for the client's next tunnel.
 final class ServerSession: MuxSessionDelegate {
-    private let connector: TargetConnector
+    struct Settings {
+        var connector: TargetConnector
+        /// Which binds `--allow-reverse` permits; empty permits none.
+        var reversePolicy: TargetPolicy
+        var channelOptions: TunnelChannelOptions
+        var udpIdleTimeout: TimeAmount
+    }
+
+    private let settings: Settings
     private let logger: Logger
     private let onClose: (MuxHandler) -> Void
     private(set) weak var mux: MuxHandler?
+    /// Listeners bound for the client, by the LISTEN stream that asked for them.
+    private var listeners: [StreamID: any Channel] = [:]
+    /// LISTENs whose bind is under way (a RESET or the session's end in the meantime cancels them).
+    private var binding: Set<StreamID> = []
+    private var closed = false
 
-    init(connector: TargetConnector, logger: Logger, onClose: @escaping (MuxHandler) -> Void) {
-        self.connector = connector
+    init(settings: Settings, logger: Logger, onClose: @escaping (MuxHandler) -> Void) {
+        self.settings = settings
         self.logger = logger
         self.onClose = onClose
     }
@@ -24,34 +41,164 @@ final class ServerSession: MuxSessionDelegate {
         logger.debug("tunnel session ready")
     }
 
-    func muxSession(_ session: MuxHandler, didReceiveOpenFor stream: StreamID, target: MuxTarget) {
-        let bound = NIOLoopBound(session, eventLoop: session.eventLoop!)
+    func muxSession(_ session: MuxHandler, didReceiveOpen stream: StreamID, request: MuxOpenRequest) {
         let logger = self.logger
-        connector.connect(target, on: bound.eventLoop).whenComplete { result in
+        let target = request.target
+        let idle = settings.udpIdleTimeout
+        settings.connector.connect(target, kind: request.kind, on: session.eventLoop!).assumeIsolated().whenComplete { result in
             switch result {
             case .success(let channel):
-                logger.debug("stream connected", metadata: ["stream": "\(stream)", "target": "\(target)"])
-                bound.value.accept(stream, endpoint: channel)
+                logger.debug("stream connected", metadata: ["stream": "\(stream)", "target": "\(request)"])
+                session.accept(stream, endpoint: request.kind == .datagram
+                    ? DatagramChannelEndpoint(channel, idleTimeout: idle) : ChannelStreamEndpoint(channel))
             case .failure(let error):
                 let failure = (error as? TargetConnector.Failure)
                     ?? TargetConnector.Failure(code: .internalError, reason: "\(error)")
                 logger.info("stream refused: \(failure.reason)",
                             metadata: ["stream": "\(stream)", "code": "\(failure.code)"])
-                bound.value.reject(stream, code: failure.code, reason: failure.reason)
+                session.reject(stream, code: failure.code, reason: failure.reason)
             }
         }
     }
+
+    // MARK: Reverse forwarding
+
+    func muxSession(_ session: MuxHandler, didReceiveListen listener: StreamID, request: MuxListenRequest) {
+        let bind = request.bind
+        let shown = "\(bind)\(request.kind == .datagram ? "/udp" : "")"
+        guard settings.reversePolicy.allows(bind, kind: request.kind) else {
+            let rules = settings.reversePolicy.patterns.isEmpty ? "no --allow-reverse rule is set"
+                : "not allowed by the server's --allow-reverse rules"
+            logger.notice("reverse listener refused: \(shown) is \(rules)")
+            session.reject(listener, code: .notAllowed, reason: "\(shown) is \(rules)")
+            return
+        }
+        binding.insert(listener)
+        let eventLoop = session.eventLoop!
+        let bound: EventLoopFuture<any Channel> = request.kind == .datagram
+            ? bindDatagram(bind, listener: listener, session: session, eventLoop: eventLoop)
+            : bindStream(bind, listener: listener, session: session, eventLoop: eventLoop)
+        bound.assumeIsolated().whenComplete { [self] result in
+            let wanted = self.binding.remove(listener) != nil && !self.closed
+            switch result {
+            case .success(let channel):
+                guard wanted else {
+                    channel.close(promise: nil)
+                    return
+                }
+                self.listeners[listener] = channel
+                let address = channel.localAddress
+                let actual = MuxTarget(hostText: address?.ipAddress ?? bind.hostText, port: UInt16(address?.port ?? Int(bind.port)))
+                self.logger.notice("reverse listener on \(actual)\(request.kind == .datagram ? "/udp" : "") for this tunnel")
+                session.acceptListen(listener, bound: actual)
+            case .failure(let error):
+                guard wanted else { return }
+                let why = describeBindError(error)
+                self.logger.notice("reverse listener on \(shown) failed: \(why)")
+                let inUse = why.contains("in use")
+                session.reject(listener, code: inUse ? .resourceLimit : .unreachable,
+                               reason: inUse ? "\(shown) is already in use (another client's -R, or another program)"
+                                   : "cannot listen on \(shown): \(why)")
+            }
+        }
+    }
+
+    private func bindStream(_ bind: MuxTarget, listener: StreamID, session: MuxHandler,
+                            eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let opener = NIOLoopBound(WeakMux(session), eventLoop: eventLoop)
+        let logger = self.logger
+        return settings.channelOptions.apply(toEndpointListener: ServerBootstrap(group: eventLoop, childGroup: eventLoop))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptedConnectionHandler { channel in
+                        guard let session = opener.value.mux else {
+                            channel.close(promise: nil)
+                            return
+                        }
+                        let origin = channel.remoteAddress.flatMap(MuxTarget.init(socketAddress:))
+                            ?? MuxTarget(hostText: "0.0.0.0", port: 1)
+                        let endpoint = ChannelStreamEndpoint(channel)
+                        let promise = channel.eventLoop.makePromise(of: Void.self)
+                        promise.futureResult.assumeIsolated().whenFailure { error in
+                            logger.info("reverse connection from \(origin) refused by the client: \(error)")
+                            endpoint.close(abort: true)
+                        }
+                        session.openStream(MuxOpenRequest(target: origin, listener: listener), endpoint: endpoint,
+                                           promise: promise)
+                    })
+                }
+            }
+            .bind(host: bind.hostText, port: Int(bind.port))
+    }
+
+    private func bindDatagram(_ bind: MuxTarget, listener: StreamID, session: MuxHandler,
+                              eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let weakSession = WeakMux(session)
+        let framing = DatagramFlowTable.Framing(
+            inbound: { envelope in
+                guard let origin = MuxTarget(socketAddress: envelope.remoteAddress) else { return nil }
+                return (.sender(envelope.remoteAddress), envelope.data,
+                        MuxOpenRequest(target: origin, kind: .datagram, listener: listener))
+            },
+            outbound: { key, payload in
+                guard case .sender(let address) = key else { return nil }
+                return AddressedEnvelope(remoteAddress: address, data: payload)
+            })
+        let table = DatagramFlowTable(framing: framing, idleTimeout: settings.udpIdleTimeout, logger: logger) { request, flow, promise in
+            guard let session = weakSession.mux else {
+                promise.fail(MuxStreamOpenError.session(.sessionClosed, unprocessed: false))
+                return
+            }
+            session.openStream(request, endpoint: flow, promise: promise)
+        }
+        return DatagramBootstrap(group: eventLoop)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
+            .bind(host: bind.hostText, port: Int(bind.port))
+            .assumeIsolated()
+            .flatMapThrowing { channel -> any Channel in
+                try channel.pipeline.syncOperations.addHandler(table)
+                return channel
+            }
+            .nonisolated()
+    }
+
+    func muxSession(_ session: MuxHandler, listenerDidClose listener: StreamID, code: ResetCode, reason: String) {
+        binding.remove(listener)
+        if let channel = listeners.removeValue(forKey: listener) {
+            logger.info("reverse listener on \(channel.localAddress.map { "\($0)" } ?? "?") closed")
+            channel.close(promise: nil)
+        }
+    }
+
+    // MARK: Session end
 
     func muxSessionDidReceiveGoAway(_ session: MuxHandler, code: ResetCode, reason: String) {
         logger.info("client is closing the tunnel", metadata: ["reason": "\(reason)"])
     }
 
     func muxSessionDidClose(_ session: MuxHandler, error: (any Error)?) {
+        closed = true
+        binding.removeAll()
+        for channel in listeners.values { channel.close(promise: nil) }
+        listeners.removeAll()
         if let error {
             logger.info("tunnel closed: \(error)")
         } else {
             logger.info("tunnel closed")
         }
         onClose(session)
+    }
+}
+
+private final class WeakMux {
+    weak var mux: MuxHandler?
+    init(_ mux: MuxHandler) { self.mux = mux }
+}
+
+extension MuxTarget {
+    init?(socketAddress: SocketAddress) {
+        guard let ip = socketAddress.ipAddress, let port = socketAddress.port, (1...65535).contains(port) else { return nil }
+        self.init(hostText: ip, port: UInt16(port))
     }
 }

@@ -22,7 +22,10 @@ struct TargetConnector: Sendable {
         var reason: String
     }
 
-    func connect(_ target: MuxTarget, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+    /// Connects a TCP stream, or a connected UDP socket for a datagram stream (names resolved first, so the
+    /// address checked is the one used).
+    func connect(_ target: MuxTarget, kind: MuxStreamKind = .stream, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        if kind == .datagram { return connectDatagram(target, on: eventLoop) }
         if policy.allows(target) {
             switch target.host {
             case .name(let name):
@@ -62,6 +65,41 @@ struct TargetConnector: Sendable {
         }
         return bootstrap(on: eventLoop).connect(to: socketAddress)
             .flatMapErrorThrowing { throw classify($0, target: target) }
+    }
+
+    private func connectDatagram(_ target: MuxTarget, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let policy = self.policy
+        let shownKind = "\(target)/udp"
+        let resolved: EventLoopFuture<MuxTarget.Host>
+        switch target.host {
+        case .ipv4, .ipv6:
+            resolved = eventLoop.makeSucceededFuture(target.host)
+        case .name(let name):
+            resolved = NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { () throws -> MuxTarget.Host in
+                try TargetConnector.resolve(name)
+            }.flatMapErrorThrowing { error -> MuxTarget.Host in
+                throw Failure(code: .unreachable, reason: "\(name) did not resolve (\(error))")
+            }
+        }
+        return resolved.flatMap { address -> EventLoopFuture<any Channel> in
+            guard policy.allows(target, kind: .datagram) || policy.allows(address: address, port: target.port, kind: .datagram) else {
+                return eventLoop.makeFailedFuture(Failure(
+                    code: .notAllowed, reason: "\(shownKind) is not allowed by the server's --allow rules (UDP needs a /udp rule)"))
+            }
+            let socketAddress: SocketAddress
+            do {
+                socketAddress = try SocketAddress(ipAddress: MuxTarget(host: address, port: target.port).hostText,
+                                                  port: Int(target.port))
+            } catch {
+                return eventLoop.makeFailedFuture(Failure(code: .unreachable, reason: "bad address \(target): \(error)"))
+            }
+            return DatagramBootstrap(group: eventLoop)
+                .channelOption(.autoRead, value: false)
+                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
+                .connect(to: socketAddress)
+                .map { $0 as any Channel }
+                .flatMapErrorThrowing { throw self.classify($0, target: target) }
+        }
     }
 
     private func bootstrap(on eventLoop: any EventLoop) -> ClientBootstrap {

@@ -4,7 +4,12 @@
 #include <stddef.h>
 
 // One SPNEGO (Negotiate) client exchange through the system GSSAPI (MIT Kerberos), reduced to plain C types:
-// GSSAPI's own API is macros and opaque handles that Swift imports badly.
+// GSSAPI's own API is macros and opaque handles that Swift imports badly. The library is loaded at run time
+// (dlopen of libgssapi_krb5.so.2), so building needs no Kerberos headers and running needs Kerberos only for
+// Negotiate.
+
+/// 1 when the system GSSAPI could be loaded; else 0, with the reason (and what to install) in `error`.
+int adit_gss_available(char *error, size_t error_capacity);
 
 /// One step: `service` is "HTTP@proxyhost"; `input` is the server's last token (NULL, 0 at first).
 /// Returns 0 when the context is complete, 1 when the server must answer again, -1 on error (message in
