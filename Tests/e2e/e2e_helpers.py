@@ -711,3 +711,103 @@ def join_all(threads: Iterable[threading.Thread], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
+
+
+# ---------------------------------------------------------------------------
+# UDP targets and port states (test_udp.py, test_reverse.py)
+
+
+def udp_port_bound(port: int) -> bool:
+    """True if some UDP socket is bound to `port` (from /proc/net/udp{,6}); no datagram is sent."""
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    if int(line.split()[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def free_udp_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (from free_port's range, never handed out twice)."""
+    for _ in range(200):
+        port = free_port()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free UDP port found")
+
+
+def tcp_port_released(port: int, host: str = "127.0.0.1") -> str | None:
+    """None when nothing listens on host:port any more (a connect is refused and a listener can bind it,
+    with SO_REUSEADDR as servers do); otherwise a short description of what is still there."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return "a connect succeeded"
+    except ConnectionRefusedError:
+        pass
+    except OSError as e:
+        return f"connect failed with {e!r}, not refused"
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(1)
+    except OSError as e:
+        return f"bind failed: {e!r}"
+    finally:
+        s.close()
+    return None
+
+
+class UDPEchoServer:
+    """A UDP echo on 127.0.0.1 in a thread: every datagram goes back to its sender unchanged.
+    Records what it received (count, sizes, senders) for the test to check."""
+
+    def __init__(self, name: str = "udp-echo", host: str = "127.0.0.1", port: int = 0, prefix: bytes = b""):
+        self.name = name
+        self.prefix = prefix          # prepended to every reply (to tell two targets apart)
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MiB)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.count = 0
+        self.sizes: list[int] = []
+        self.senders: set = set()
+        self.stopping = threading.Event()
+        self._t = threading.Thread(target=self._loop, name=f"{name}-loop", daemon=True)
+        self._t.start()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            except OSError:
+                if self.stopping.is_set():
+                    return
+                continue
+            with self.lock:
+                self.count += 1
+                self.sizes.append(len(data))
+                self.senders.add(addr)
+            try:
+                self.sock.sendto(self.prefix + data, addr)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._t.join(timeout=2)
+        self.sock.close()

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Make sure the build and the tests have what they need: zlib's headers (permessage-deflate), python3 with
 # pytest and websockets, the foreign WebSocket peers the tests run (chromium, websockify), the proxies
-# (squid, tinyproxy, htpasswd from apache2-utils), GSSAPI's headers (Negotiate) and an MIT KDC for its test.
+# (squid, tinyproxy, htpasswd from apache2-utils), an MIT KDC for the Negotiate test, and the real clients and
+# servers of the fronts' tests (curl, OpenSSH, dnsmasq and dig).
 # Idempotent; a no-op (a few checks) when everything is present.
 # Usage: Tests/e2e/ensure-deps.sh        (PYTHON=... to pick the interpreter)
 set -eu
@@ -25,6 +26,11 @@ command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || missing="$m
 command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
 [ -x /usr/sbin/krb5kdc ] || missing="$missing krb5-kdc krb5-admin-server"
 command -v kinit >/dev/null 2>&1 || missing="$missing krb5-user"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
+[ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
+command -v ssh >/dev/null 2>&1 || missing="$missing openssh-client"
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$missing dnsmasq-base"
+command -v dig >/dev/null 2>&1 || missing="$missing dnsutils"
 command -v "$PY" >/dev/null 2>&1 || missing="$missing python3 python3-pip"
 if [ -n "$missing" ]; then
     echo "ensure-deps: installing$missing" >&2

@@ -5,8 +5,8 @@ import NIOCore
 /// `-L`: every local connection becomes a stream to one fixed target. Early data flows at once; if the target
 /// cannot be reached the local connection is aborted (RST), so the application sees a failure, not an empty
 /// answer.
-enum ForwardFront {
-    static func forward(_ channel: any Channel, to target: MuxTarget, opener: any StreamOpener, logger: Logger) {
+package enum ForwardFront {
+    package static func forward(_ channel: any Channel, to target: MuxTarget, opener: any StreamOpener, logger: Logger) {
         let endpoint = ChannelStreamEndpoint(channel)
         let promise = channel.eventLoop.makePromise(of: Void.self)
         promise.futureResult.assumeIsolated().whenFailure { error in

@@ -4,7 +4,7 @@ import NIOCore
 /// What a front needs from the tunnel: open a stream for a local connection and learn how it went. The tunnel
 /// may be down for a while; the opener then holds the request (up to `--wait-for-tunnel`) instead of failing it.
 /// Fronts are tested against a fake of this, without a tunnel.
-protocol StreamOpener: AnyObject {
+package protocol StreamOpener: AnyObject {
     var eventLoop: any EventLoop { get }
 
     /// Opens a stream for `request` carried by `endpoint`. The promise succeeds when the server connected the

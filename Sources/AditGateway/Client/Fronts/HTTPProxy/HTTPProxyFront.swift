@@ -10,10 +10,10 @@ import NIOHTTP1
 /// is kept alive across requests. Local credentials are asked for with 407 and `Proxy-Authenticate` (not 401);
 /// a failed stream is answered 403 (denied, with the reason), 502 (refused, unreachable), 504 (timed out) or
 /// 503 (no tunnel).
-enum HTTPProxyFront {
+package enum HTTPProxyFront {
     static let headTimeout: TimeAmount = .seconds(30)
 
-    static func serve(_ channel: any Channel, opener: any StreamOpener, credentials: LocalCredentials?, logger: Logger) {
+    package static func serve(_ channel: any Channel, opener: any StreamOpener, credentials: LocalCredentials?, logger: Logger) {
         do {
             try channel.pipeline.syncOperations.addHandler(
                 HTTPProxyFrontHandler(opener: opener, credentials: credentials, logger: logger))

@@ -8,10 +8,10 @@ import NIOSOCKS
 /// (RFC 1928, with RFC 1929 username/password when `--local-user` is set) on NIOSOCKS' server side, or
 /// SOCKS4/4a, which NIOSOCKS does not speak. Names are resolved by the server, so its policy sees them. The
 /// reply follows the stream's outcome: not allowed 0x02, refused 0x05, unreachable 0x04, timed out 0x06.
-enum SOCKSFront {
+package enum SOCKSFront {
     static let handshakeTimeout: TimeAmount = .seconds(10)
 
-    static func serve(_ channel: any Channel, opener: any StreamOpener, credentials: LocalCredentials?,
+    package static func serve(_ channel: any Channel, opener: any StreamOpener, credentials: LocalCredentials?,
                       udpIdleTimeout: TimeAmount, logger: Logger) {
         let context = SOCKSFrontContext(opener: opener, credentials: credentials, udpIdleTimeout: udpIdleTimeout,
                                         logger: logger)
