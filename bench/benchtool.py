@@ -7,7 +7,16 @@ Subcommands:
             "hold" server for idle streams.
   connect   N sequential connections: connect, send 1 byte, read 1 byte
             echo, close. Prints a JSON summary of per-connection times.
+            With --socks HOST:PORT the port is a SOCKS5 proxy: greeting (no
+            auth), CONNECT to HOST:PORT, then the byte, each step waiting for
+            its answer as curl does; the time covers all of it.
   pingpong  one connection, SIZE-byte request/echo round trips. JSON summary.
+  udpecho   UDP echo server on 127.0.0.1 (one thread, blocking recvfrom/sendto);
+            prints its port on stdout when bound
+  udpping   one UDP socket, SIZE-byte datagram request/echo round trips, one
+            outstanding at a time; a reply not back within --op-timeout
+            counts as lost (late replies are recognised by their sequence
+            number and skipped). JSON summary.
   hold      opens/holds many idle connections; driven by stdin lines:
               open N   -> grow to N established connections, each verified
                           by one 1-byte echo; prints a JSON line
@@ -154,6 +163,36 @@ def cmd_echo(args):
 # connect + first byte
 
 
+def recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        d = s.recv(n - len(buf))
+        if not d:
+            raise OSError("connection closed after %d of %d bytes" % (len(buf), n))
+        buf += d
+    return buf
+
+
+def socks5_connect(s, host, port):
+    """SOCKS5 as curl does it: greeting (no auth), wait for the method, CONNECT
+    (IPv4 address), wait for the reply and skip its bound address."""
+    s.sendall(b"\x05\x01\x00")
+    if recv_exact(s, 2) != b"\x05\x00":
+        raise OSError("SOCKS5: no acceptable method")
+    s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + port.to_bytes(2, "big"))
+    ver, rep, _rsv, atyp = recv_exact(s, 4)
+    if ver != 5 or rep != 0:
+        raise OSError("SOCKS5 reply %d" % rep)
+    if atyp == 1:
+        recv_exact(s, 4 + 2)
+    elif atyp == 4:
+        recv_exact(s, 16 + 2)
+    elif atyp == 3:
+        recv_exact(s, recv_exact(s, 1)[0] + 2)
+    else:
+        raise OSError("SOCKS5 reply address type %d" % atyp)
+
+
 def cmd_connect(args):
     deadline = time.monotonic() + args.time_limit
     samples = []
@@ -161,6 +200,10 @@ def cmd_connect(args):
     first_error = None
     perf = time.perf_counter_ns
     addr = (HOST, args.port)
+    socks = None
+    if args.socks:
+        h, _, p = args.socks.rpartition(":")
+        socks = (h, int(p))
     for _ in range(args.warmup + args.count):
         if time.monotonic() > deadline:
             break
@@ -170,6 +213,8 @@ def cmd_connect(args):
         try:
             t0 = perf()
             s.connect(addr)
+            if socks:
+                socks5_connect(s, *socks)
             s.sendall(b"x")
             b = s.recv(1)
             t1 = perf()
@@ -241,6 +286,87 @@ def cmd_pingpong(args):
         s.close()
     extra = {"requested": args.count, "warmup": warmup, "size": size, "errors": errors,
              "first_error": first_error, "timed_out": len(samples) < args.count}
+    if args.raw:
+        extra["samples_ns"] = samples
+    print(json.dumps(summarize(samples, extra)))
+
+
+# --------------------------------------------------------------------------
+# UDP echo and request/response
+
+
+def cmd_udpecho(args):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.bind((HOST, args.port))
+    print(s.getsockname()[1], flush=True)
+    sys.stdout.close()
+    buf = bytearray(65536)
+    while True:
+        k, peer = s.recvfrom_into(buf)
+        try:
+            s.sendto(memoryview(buf)[:k], peer)
+        except OSError:
+            pass
+
+
+def cmd_udpping(args):
+    """Sequence number (8 bytes) + padding to SIZE; one request outstanding."""
+    perf = time.perf_counter_ns
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((HOST, args.port))
+    s.settimeout(args.op_timeout)
+    size = max(8, args.size)
+    pad = bytes((i * 7) & 0xFF for i in range(size - 8))
+    buf = bytearray(65536)
+    samples = []
+    lost = 0
+    errors = 0
+    first_error = None
+    start = time.monotonic()
+    deadline = start + args.time_limit
+    warm_deadline = start + min(2.0, 0.2 * args.time_limit)
+    warmup = args.warmup
+    total = warmup + args.count
+    i = 0
+    while i < total:
+        now = time.monotonic()
+        if i < warmup and now > warm_deadline:
+            warmup = i
+            total = warmup + args.count
+        if now > deadline:
+            break
+        seq = i.to_bytes(8, "big")
+        msg = seq + pad
+        t0 = perf()
+        try:
+            s.send(msg)
+            while True:
+                k = s.recv_into(buf)
+                if buf[:8] == seq:
+                    break   # anything else: a late reply to an earlier request
+            t1 = perf()
+            if bytes(buf[:k]) != msg:
+                raise OSError("echo mismatch")
+            if i >= warmup:
+                samples.append(t1 - t0)
+        except socket.timeout:
+            if i >= warmup:
+                lost += 1
+            if lost > max(10, args.count // 10):
+                first_error = first_error or "more than 10%% of %d replies lost" % args.count
+                errors += 1
+                break
+        except OSError as e:
+            errors += 1
+            first_error = first_error or repr(e)
+            if errors > 10:
+                break
+        i += 1
+    s.close()
+    extra = {"requested": args.count, "warmup": warmup, "size": size, "lost": lost,
+             "errors": errors, "first_error": first_error,
+             "timed_out": len(samples) + lost < args.count}
     if args.raw:
         extra["samples_ns"] = samples
     print(json.dumps(summarize(samples, extra)))
@@ -633,6 +759,8 @@ def main():
     p.add_argument("--time-limit", type=float, default=30.0)
     p.add_argument("--op-timeout", type=float, default=5.0)
     p.add_argument("--raw", action="store_true", help="include all samples (ns)")
+    p.add_argument("--socks", default="", metavar="HOST:PORT",
+                   help="the port is a SOCKS5 proxy: CONNECT to HOST:PORT through it")
     p = sub.add_parser("pingpong")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--count", type=int, default=5000)
@@ -640,6 +768,16 @@ def main():
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--time-limit", type=float, default=20.0)
     p.add_argument("--op-timeout", type=float, default=5.0)
+    p.add_argument("--raw", action="store_true", help="include all samples (ns)")
+    p = sub.add_parser("udpecho")
+    p.add_argument("--port", type=int, default=0)
+    p = sub.add_parser("udpping")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, default=5000)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--time-limit", type=float, default=20.0)
+    p.add_argument("--op-timeout", type=float, default=1.0)
     p.add_argument("--raw", action="store_true", help="include all samples (ns)")
     p = sub.add_parser("hold")
     p.add_argument("--port", type=int, required=True)
@@ -664,7 +802,8 @@ def main():
     p.add_argument("--out", required=True)
     args = ap.parse_args()
     {"echo": cmd_echo, "connect": cmd_connect, "pingpong": cmd_pingpong,
-     "hold": cmd_hold, "sink": cmd_sink, "blast": cmd_blast,
+     "udpecho": cmd_udpecho, "udpping": cmd_udpping, "hold": cmd_hold,
+     "sink": cmd_sink, "blast": cmd_blast,
      "corpus": cmd_corpus}[args.cmd](args)
 
 

@@ -4,7 +4,7 @@ all on 127.0.0.1, in one run. See docs/benchmarks.md.
 
 Environment (all optional):
   BENCH_ONLY     comma list of suites: throughput,connect,pingpong,saturated,idle,
-                 tls,compression (default: all)
+                 tls,compression,fronts (default: all)
   BENCH_PATHS    comma list of paths: direct,socat,ssh,adit (default: all;
                  adit is skipped, shown as "pending", if the binary is missing)
   BENCH_QUICK=1  short run (~1 min): shorter iperf3, fewer samples, 1,000 idle
@@ -15,7 +15,8 @@ Environment (all optional):
                  10,000 ssh channels alone takes ~90 s)
   BENCH_MAX_SECS overall time budget; suites left when it runs out are skipped
                  (default 330, quick 150; +180 / +75 when the compression
-                 suite is selected, +120 / +50 for the tls suite)
+                 suite is selected, +120 / +50 for the tls suite, +150 / +60
+                 for the fronts suite)
   BENCH_WAIT_QUIET=SECS  wait up to SECS for other CPU load to stop first
   BENCH_TPUT_ROUNDS  iperf3 rounds per path and test, median reported
                  (default 3 x 2 s after 1 s omitted; quick 1)
@@ -27,6 +28,12 @@ Environment (all optional):
   BENCH_COMP_ROUNDS  compression suite: rounds per mode and payload, the modes
                  taking turns; median reported (default 5, quick 2)
   BENCH_CORPUS_MB  size of the JSON-log corpus in MiB (default 64, quick 16)
+  BENCH_FRONTS_ROUNDS  fronts suite (-R, -D, UDP; bench/fronts.py): iperf3
+                 rounds per path, the paths taking turns; median reported
+                 (default 5, quick 2). Connect and UDP request/response
+                 samples follow BENCH_ROUNDS.
+  BENCH_UDP_RATE / BENCH_UDP_LEN  fronts suite: iperf3 -u target rate and
+                 datagram size (default 500M and 1400)
   BENCH_SHAPED=0 skip the compression suite's 100 Mbit/s part (network
                  namespaces + veth + tbf; needs root and ip/tc)
   ADIT_BIN       adit binary (default <repo>/.build/release/adit)
@@ -58,7 +65,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TOOL = os.path.join(HERE, "benchtool.py")
 HOST = "127.0.0.1"
-ALL_SUITES = ["throughput", "connect", "pingpong", "saturated", "idle", "tls", "compression"]
+ALL_SUITES = ["throughput", "connect", "pingpong", "saturated", "idle", "tls", "compression", "fronts"]
 PATH_SUITES = ALL_SUITES[:5]     # the suites that run over direct/socat/ssh/adit paths
 ALL_PATHS = ["direct", "socat", "ssh", "adit"]
 LABEL = {"direct": "direct", "socat": "socat 2-hop", "ssh": "ssh -L", "adit": "adit"}
@@ -417,7 +424,8 @@ class Bench:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privsep dir sshd insists on
         self.ssh_dir = d
 
-    def _start_ssh(self, path, tag):
+    def _start_ssh(self, path, tag, client_args=()):
+        """client_args: more forwards for the ssh client (-R, -D)."""
         self._ssh_setup()
         d = self.ssh_dir
         sport = free_port()
@@ -461,6 +469,7 @@ class Bench:
             lp = free_port()
             argv_c += ["-L", "%s:%d:%s:%d" % (HOST, lp, HOST, tport)]
             path.ports[tname] = lp
+        argv_c += list(client_args)
         argv_c.append("%s@%s" % (user, HOST))
         pc = self.procs.start("ssh" + tag, argv_c)
         path.procs.append(pc)
@@ -595,6 +604,8 @@ class Bench:
                 m["errors"] += r.get("errors", 1 if "error" in r else 0)
                 m["first_error"] = m["first_error"] or r.get("first_error") or r.get("error")
                 m["timed_out"] = m["timed_out"] or bool(r.get("timed_out"))
+                if "lost" in r:   # udpping: requests whose reply never came
+                    m["lost"] = m.get("lost", 0) + r["lost"]
         sys.path.insert(0, HERE)
         from benchtool import summarize
         for name in paths:
@@ -787,6 +798,12 @@ class Bench:
                 sys.path.insert(0, HERE)
                 from compression import suite_compression
                 suite_compression(self, sys.modules[__name__])
+            elif suite == "fronts":
+                # adit -R / -D / -L …/udp beside ssh -R / -D and direct, with
+                # instances of its own (see bench/fronts.py)
+                sys.path.insert(0, HERE)
+                from fronts import suite_fronts
+                suite_fronts(self, sys.modules[__name__])
             else:
                 getattr(self, "suite_" + suite)(paths)
             f = foreign_cpu_pct(m0)
@@ -956,6 +973,12 @@ def build_report(bench, cfg):
         from compression import report as compression_report
         ctable, comp_targets = compression_report(bench, cfg)
         table += ([""] if table else []) + [ctable]
+    fronts_targets = []
+    if "fronts" in cfg.suites:
+        sys.path.insert(0, HERE)
+        from fronts import report as fronts_report
+        ftable, fronts_targets = fronts_report(bench, cfg)
+        table += ([""] if table else []) + [ftable]
 
     # targets
     def ratio(a, b):
@@ -1002,6 +1025,8 @@ def build_report(bench, cfg):
         target("tls", name, value, vfmt, goal, ok)
     for name, value, vfmt, goal, ok in comp_targets:
         target("compression", name, value, vfmt, goal, ok)
+    for name, value, vfmt, goal, ok in fronts_targets:
+        target("fronts", name, value, vfmt, goal, ok)
 
     ttable = ["| Target | Measured | Goal | Result |", "|---|---:|---|---|"]
     for t in tgt:
@@ -1108,7 +1133,7 @@ def parse_cfg(argv):
         ap.error("unknown path(s) %s; known: %s" % (bad, ALL_PATHS))
     c.adit_available = os.path.isfile(c.adit_bin) and os.access(c.adit_bin, os.X_OK)
     if not c.only and "adit" not in c.paths:
-        for s in ("tls", "compression"):   # adit-only suites; bench-baselines stays as it was
+        for s in ("tls", "compression", "fronts"):   # adit suites; bench-baselines stays as it was
             c.suites.remove(s)
     c.idle_paths = [p for p in c.idle_paths.split(",") if p in c.paths]
     if c.quick:
@@ -1116,13 +1141,15 @@ def parse_cfg(argv):
         c.connect_n, c.pingpong_n = 300, 2000
         c.idle_n = [1000]
         c.max_secs = c.max_secs or (150 + (75 if "compression" in c.suites else 0)
-                                    + (50 if "tls" in c.suites else 0))
+                                    + (50 if "tls" in c.suites else 0)
+                                    + (60 if "fronts" in c.suites else 0))
     else:
         c.iperf_secs, c.sat_secs = 2, 9
         c.connect_n, c.pingpong_n = 1000, 5000
         c.idle_n = [1000, 10000]
         c.max_secs = c.max_secs or (330 + (180 if "compression" in c.suites else 0)
-                                    + (120 if "tls" in c.suites else 0))
+                                    + (120 if "tls" in c.suites else 0)
+                                    + (150 if "fronts" in c.suites else 0))
     if c.idle_n_raw:
         c.idle_n = sorted({int(x) for x in c.idle_n_raw.split(",") if x.strip()})
     c.loop_limit = 10.0 if c.quick else 20.0
@@ -1140,6 +1167,11 @@ def parse_cfg(argv):
     c.comp_random_bytes = (256 if c.quick else 1024) << 20   # cap per transfer
     c.comp_random_secs = 1.5 if c.quick else 3.0             # and send-time cap
     c.comp_shaped = env("BENCH_SHAPED", "1") not in ("0", "")
+    # fronts suite (bench/fronts.py)
+    c.fronts_rounds = max(1, int(env("BENCH_FRONTS_ROUNDS", "2" if c.quick else "5")))
+    c.udp_rate = env("BENCH_UDP_RATE", "500M")
+    c.udp_len = int(env("BENCH_UDP_LEN", "1400"))
+    c.udp_secs = 2 if c.quick else 3
     return c
 
 
@@ -1173,12 +1205,12 @@ def main(argv=None):
     missing = [t for t in ("iperf3", "socat", "ssh", "sshd", "ssh-keygen")
                if not (shutil.which(t) or os.path.exists("/usr/sbin/" + t))]
     need = set()
-    if any(s in cfg.suites for s in ("throughput", "saturated", "tls")):
+    if any(s in cfg.suites for s in ("throughput", "saturated", "tls", "fronts")):
         need.add("iperf3")
     path_suites = any(s in PATH_SUITES for s in cfg.suites)
     if "socat" in cfg.paths and path_suites:
         need.add("socat")
-    if "ssh" in cfg.paths and (path_suites or "tls" in cfg.suites):
+    if "ssh" in cfg.paths and (path_suites or "tls" in cfg.suites or "fronts" in cfg.suites):
         need |= {"ssh", "sshd", "ssh-keygen"}
     if set(missing) & need:
         print("missing tools: %s (run bench/run.sh, which installs them with apt-get)" %
@@ -1248,7 +1280,9 @@ def main(argv=None):
             "params": {"iperf_secs": cfg.iperf_secs, "iperf_omit_secs": 1,
                        "saturated_secs": cfg.sat_secs, "connect_n": cfg.connect_n,
                        "pingpong_n": cfg.pingpong_n, "pingpong_size": 64,
-                       "tls_rounds": cfg.tls_rounds,
+                       "tls_rounds": cfg.tls_rounds, "fronts_rounds": cfg.fronts_rounds,
+                       "udp_rate": cfg.udp_rate, "udp_len": cfg.udp_len,
+                       "udp_secs": cfg.udp_secs,
                        "nofile": nofile},
             "commands": bench.commands,
             "notes": bench.notes,

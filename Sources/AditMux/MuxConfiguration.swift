@@ -1,6 +1,6 @@
 import NIOCore
 
-/// Tuning of one tunnel session. Defaults suit a fast loopback or LAN path; see docs/protocol.md §5-6.
+/// Tuning of one tunnel session. Defaults suit a fast loopback or LAN path; see docs/protocol.md §7-8.
 public struct MuxConfiguration: Sendable {
     /// Credit each stream starts with towards us. One stream's throughput is at most window ÷ round-trip time.
     public var initialWindow: UInt32 = 4 << 20

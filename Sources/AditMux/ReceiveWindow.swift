@@ -1,5 +1,5 @@
 /// Credit we gave the peer on one stream. Credit comes back only for bytes our application consumed, so a slow
-/// reader holds at most `initial` bytes in memory (docs/protocol.md §5).
+/// reader holds at most `initial` bytes in memory (docs/protocol.md §7).
 public struct ReceiveWindow: Sendable, Equatable {
     public let initial: UInt32
     /// Credit the peer still holds.

@@ -1,5 +1,5 @@
 /// Credit we hold to send on one stream: starts at the peer's initial window, shrinks with each DATA payload
-/// we send, grows with each WINDOW_UPDATE (docs/protocol.md §5).
+/// we send, grows with each WINDOW_UPDATE (docs/protocol.md §7).
 public struct SendWindow: Sendable, Equatable {
     public static let maxWindow = Int(Int32.max)
 
