@@ -56,15 +56,21 @@ struct TargetConnector: Sendable {
     }
 
     private func connect(address: MuxTarget.Host, target: MuxTarget, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
-        let socketAddress: SocketAddress
         do {
-            socketAddress = try SocketAddress(ipAddress: MuxTarget(host: address, port: target.port).hostText,
-                                              port: Int(target.port))
+            return bootstrap(on: eventLoop).connect(to: try socketAddress(address, of: target))
+                .flatMapErrorThrowing { throw classify($0, target: target) }
         } catch {
-            return eventLoop.makeFailedFuture(Failure(code: .unreachable, reason: "bad address \(target): \(error)"))
+            return eventLoop.makeFailedFuture(error)
         }
-        return bootstrap(on: eventLoop).connect(to: socketAddress)
-            .flatMapErrorThrowing { throw classify($0, target: target) }
+    }
+
+    /// The checked address with the target's port: exactly what is connected.
+    private func socketAddress(_ address: MuxTarget.Host, of target: MuxTarget) throws(Failure) -> SocketAddress {
+        do {
+            return try SocketAddress(ipAddress: MuxTarget(host: address, port: target.port).hostText, port: Int(target.port))
+        } catch {
+            throw Failure(code: .unreachable, reason: "bad address \(target): \(error)")
+        }
     }
 
     private func connectDatagram(_ target: MuxTarget, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
@@ -88,10 +94,9 @@ struct TargetConnector: Sendable {
             }
             let socketAddress: SocketAddress
             do {
-                socketAddress = try SocketAddress(ipAddress: MuxTarget(host: address, port: target.port).hostText,
-                                                  port: Int(target.port))
+                socketAddress = try self.socketAddress(address, of: target)
             } catch {
-                return eventLoop.makeFailedFuture(Failure(code: .unreachable, reason: "bad address \(target): \(error)"))
+                return eventLoop.makeFailedFuture(error)
             }
             return DatagramBootstrap(group: eventLoop)
                 .channelOption(.autoRead, value: false)

@@ -13,7 +13,18 @@ public struct ForwardSpec: Hashable, Sendable, CustomStringConvertible {
     }
 
     public static func parse(_ text: String) throws(ConfigurationError) -> ForwardSpec {
-        let (fields, kind) = try ForwardSpec.fields(text, flag: "-L")
+        let (bind, target, kind) = try ForwardSpec.parseFields(
+            text, flag: "-L", bindWhat: "local port",
+            usage: "-L '\(text)' must be [BIND:]PORT:HOST:HOSTPORT[/udp], e.g. -L 8080:example.com:80, -L [::1]:2222:10.0.0.5:22 or -L 5353:10.0.0.53:53/udp")
+        return ForwardSpec(bind: bind, target: target, kind: kind)
+    }
+
+    /// `[BIND:]PORT:HOST:HOSTPORT[/udp]`, the shape `-L` and `-R` share; BIND defaults to 127.0.0.1, an empty
+    /// BIND or `*` means every address, as in ssh.
+    static func parseFields(_ text: String, flag: String, bindWhat: String, usage: String) throws(ConfigurationError)
+        -> (bind: HostPort, target: MuxTarget, kind: MuxStreamKind)
+    {
+        let (fields, kind) = try ForwardSpec.fields(text, flag: flag)
         let bindHost: String
         let rest: ArraySlice<String>
         switch fields.count {
@@ -21,16 +32,15 @@ public struct ForwardSpec: Hashable, Sendable, CustomStringConvertible {
             bindHost = "127.0.0.1"
             rest = fields[...]
         case 4:
-            bindHost = ForwardSpec.bindHost(fields[0])
+            bindHost = fields[0].isEmpty || fields[0] == "*" ? "0.0.0.0" : fields[0]
             rest = fields[1...]
         default:
-            throw ConfigurationError(
-                "-L '\(text)' must be [BIND:]PORT:HOST:HOSTPORT[/udp], e.g. -L 8080:example.com:80, -L [::1]:2222:10.0.0.5:22 or -L 5353:10.0.0.53:53/udp")
+            throw ConfigurationError(usage)
         }
-        let port = try HostPort.parsePort(rest[rest.startIndex], what: "-L '\(text)' local port", allowZero: true)
+        let port = try HostPort.parsePort(rest[rest.startIndex], what: "\(flag) '\(text)' \(bindWhat)", allowZero: true)
         let target = try ForwardSpec.target(host: rest[rest.startIndex + 1], port: rest[rest.startIndex + 2],
-                                            flag: "-L", text: text)
-        return ForwardSpec(bind: HostPort(host: bindHost, port: port), target: target, kind: kind)
+                                            flag: flag, text: text)
+        return (HostPort(host: bindHost, port: port), target, kind)
     }
 
     /// Splits off a `/udp` or `/tcp` suffix, then the colon-separated fields (IPv6 in brackets).
@@ -47,11 +57,6 @@ public struct ForwardSpec: Hashable, Sendable, CustomStringConvertible {
             body = String(text[..<slash])
         }
         return (try HostPort.splitFields(body, what: flag), kind)
-    }
-
-    /// An empty bind or `*` means every address, as in ssh.
-    static func bindHost(_ field: String) -> String {
-        field.isEmpty || field == "*" ? "0.0.0.0" : field
     }
 
     static func target(host: String, port: String, flag: String, text: String) throws(ConfigurationError) -> MuxTarget {
@@ -81,27 +86,13 @@ public struct ReverseForwardSpec: Hashable, Sendable, CustomStringConvertible {
     }
 
     public static func parse(_ text: String) throws(ConfigurationError) -> ReverseForwardSpec {
-        let (fields, kind) = try ForwardSpec.fields(text, flag: "-R")
-        let bindHost: String
-        let rest: ArraySlice<String>
-        switch fields.count {
-        case 3:
-            bindHost = "127.0.0.1"
-            rest = fields[...]
-        case 4:
-            bindHost = ForwardSpec.bindHost(fields[0])
-            rest = fields[1...]
-        default:
-            throw ConfigurationError(
-                "-R '\(text)' must be [BIND:]PORT:HOST:HOSTPORT[/udp] (the server listens on BIND:PORT, the connections come back to HOST:HOSTPORT here), e.g. -R 8080:localhost:3000")
+        let (bind, target, kind) = try ForwardSpec.parseFields(
+            text, flag: "-R", bindWhat: "server port",
+            usage: "-R '\(text)' must be [BIND:]PORT:HOST:HOSTPORT[/udp] (the server listens on BIND:PORT, the connections come back to HOST:HOSTPORT here), e.g. -R 8080:localhost:3000")
+        guard IPAddressText.parseIPv4(bind.host) != nil || IPAddressText.parseIPv6(bind.host) != nil else {
+            throw ConfigurationError("-R '\(text)': the server's bind address '\(bind.host)' must be an IP address, e.g. 127.0.0.1, 0.0.0.0 or [::1]")
         }
-        let port = try HostPort.parsePort(rest[rest.startIndex], what: "-R '\(text)' server port", allowZero: true)
-        guard IPAddressText.parseIPv4(bindHost) != nil || IPAddressText.parseIPv6(bindHost) != nil else {
-            throw ConfigurationError("-R '\(text)': the server's bind address '\(bindHost)' must be an IP address, e.g. 127.0.0.1, 0.0.0.0 or [::1]")
-        }
-        let target = try ForwardSpec.target(host: rest[rest.startIndex + 1], port: rest[rest.startIndex + 2],
-                                            flag: "-R", text: text)
-        return ReverseForwardSpec(bind: HostPort(host: bindHost, port: port), target: target, kind: kind)
+        return ReverseForwardSpec(bind: bind, target: target, kind: kind)
     }
 
     var listenRequest: MuxListenRequest {

@@ -10,6 +10,9 @@ import NIOSOCKS
 /// reply follows the stream's outcome: not allowed 0x02, refused 0x05, unreachable 0x04, timed out 0x06.
 package enum SOCKSFront {
     static let handshakeTimeout: TimeAmount = .seconds(10)
+    /// The bound address of a CONNECT reply: the server's outgoing address is not ours to know, and clients
+    /// ignore it.
+    static let unspecifiedAddress = SOCKSAddress.address(try! SocketAddress(ipAddress: "0.0.0.0", port: 0))
 
     package static func serve(_ channel: any Channel, opener: any StreamOpener, credentials: LocalCredentials?,
                       udpIdleTimeout: TimeAmount, logger: Logger) {
@@ -189,7 +192,7 @@ final class SOCKS5FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func refuse(_ context: ChannelHandlerContext, _ reply: SOCKSServerReply, why: String) {
         front.logger.notice("SOCKS request refused: \(why)")
         let written = context.writeAndFlush(wrapOutboundOut(.response(SOCKSResponse(
-            reply: reply, boundAddress: .address(try! SocketAddress(ipAddress: "0.0.0.0", port: 0))))))
+            reply: reply, boundAddress: SOCKSFront.unspecifiedAddress))))
         closeAfter(context, written)
     }
 
@@ -203,7 +206,7 @@ final class SOCKS5FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
             switch result {
             case .success:
                 let response = SOCKSResponse(reply: .succeeded,
-                                             boundAddress: .address(try! SocketAddress(ipAddress: "0.0.0.0", port: 0)))
+                                             boundAddress: SOCKSFront.unspecifiedAddress)
                 context.writeAndFlush(handler.wrapOutboundOut(.response(response)), promise: nil)
                 // Both handshake handlers leave; NIOSOCKS hands on what it buffered, the stream takes over.
                 let sync = context.pipeline.syncOperations
@@ -216,7 +219,7 @@ final class SOCKS5FrontHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 logger.notice("SOCKS connection to \(target) failed: \(error)")
                 let reply = SOCKSFrontProtocol.reply(for: StreamOpenFailure(error))
                 let written = context.writeAndFlush(handler.wrapOutboundOut(.response(SOCKSResponse(
-                    reply: reply, boundAddress: .address(try! SocketAddress(ipAddress: "0.0.0.0", port: 0))))))
+                    reply: reply, boundAddress: SOCKSFront.unspecifiedAddress))))
                 closeAfter(context, written)
             }
         }
