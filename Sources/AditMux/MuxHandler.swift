@@ -230,8 +230,17 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard session.beginDrain() else { return }
         enqueueControl(.goAway(lastStreamID: highestRemoteStreamID, code: .resourceLimit, reason: reason))
         closeAllListeners(reason: reason)
+        endDatagramStreams()
         scheduleFlush()
         closeIfDrained()
+    }
+
+    /// A UDP flow never finishes on its own, so it would hold a draining session until its idle timeout: flows
+    /// end with the drain instead (their next datagram opens a flow on the next session).
+    private func endDatagramStreams() {
+        for stream in Array(streams.values) where stream.state.kind == .datagram && !stream.state.isClosed {
+            resetStream(stream, code: .closed, reason: "the tunnel is draining")
+        }
     }
 
     /// Sends a PING now; the round trip is logged at debug level when the PONG arrives.
@@ -577,6 +586,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         closeAllListeners(reason: "the peer is shutting down")
+        endDatagramStreams()
         delegate?.muxSessionDidReceiveGoAway(self, code: code, reason: reason)
         closeIfDrained()
     }

@@ -76,6 +76,32 @@ final class DatagramEndpoint: MuxStreamEndpoint {
         #expect(String(decoding: try b.drainOutboundBytes(), as: UTF8.self) == "GET /")
     }
 
+    /// A UDP flow never ends on its own: a drain ends it at once rather than waiting for its idle timeout, while
+    /// TCP streams finish normally.
+    @Test func aDrainEndsDatagramStreamsButLetsTCPStreamsFinish() throws {
+        var pair = try MuxPair()
+        let local = DatagramEndpoint(loop: pair.loop)
+        let remote = DatagramEndpoint(loop: pair.loop)
+        let (a, _) = try pair.endpoint()
+        let (b, _) = try pair.endpoint()
+        pair.serverDelegate.decision = { session, id, target in
+            if target == self.dns { session.accept(id, endpoint: remote) } else { session.accept(id, endpoint: b) }
+        }
+        pair.clientMux.openStream(MuxOpenRequest(target: dns, kind: .datagram), endpoint: local, promise: nil)
+        try pair.clientMux.openStream(to: MuxTarget(hostText: "10.0.0.1", port: 80), endpoint: a)
+        local.deliver([1])
+        try pair.pump()
+        #expect(pair.serverMux.streamCount == 2)
+        pair.serverMux.beginDrain(reason: "restart")
+        try pair.pump()
+        #expect(local.closed && remote.closed)
+        #expect(pair.serverMux.streamCount == 1)  // the TCP stream goes on
+        #expect(!pair.serverMux.isClosed)
+        try a.writeInbound(ByteBuffer(string: "still"))
+        try pair.pump()
+        #expect(String(decoding: try b.drainOutboundBytes(), as: UTF8.self) == "still")
+    }
+
     @Test func aPeerWithoutTheFeatureGetsNoDatagramStream() throws {
         var pair = try MuxPair(serverFeatures: [])
         try pair.pump()

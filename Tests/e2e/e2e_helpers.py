@@ -811,3 +811,199 @@ class UDPEchoServer:
         self.stopping.set()
         self._t.join(timeout=2)
         self.sock.close()
+
+
+# ---------------------------------------------------------------------------
+# An HTTP/1.1 origin server (test_socks_front.py, test_http_proxy_front.py)
+
+
+class HttpRecord:
+    """One request as the origin saw it."""
+
+    def __init__(self, conn: int, method: str, target: str, headers: dict[str, str], count: int, sha: str):
+        self.conn = conn          # number of the TCP connection it came on (1, 2, … per origin)
+        self.method = method
+        self.target = target      # the request-target as received ("/path" or "http://…")
+        self.headers = headers    # names lower-cased
+        self.count = count        # body bytes
+        self.sha = sha            # SHA-256 of the body
+
+    def __repr__(self) -> str:
+        return f"<HttpRecord conn={self.conn} {self.method} {self.target} body={self.count}>"
+
+
+class HttpOrigin:
+    """An HTTP/1.1 server with keep-alive in threads of this process, on 127.0.0.1 or ::1, optionally TLS.
+
+      GET  /text/NAME         -> "hello NAME\\n"
+      GET  /blob/SIZE/SEED    -> SIZE bytes of blob.chunks(SIZE, SEED)
+      POST|PUT anything       -> reads the body (Content-Length or chunked), answers "COUNT SHA256\\n"
+
+    Every request is recorded in `requests` (HttpRecord); `connections` counts accepted connections."""
+
+    def __init__(self, host: str = "127.0.0.1", blob: Blob | None = None, ssl_context=None):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        origin = self
+        self.blob = blob
+        self.host = host
+        self.lock = threading.Lock()
+        self.requests: list[HttpRecord] = []
+        self.connections = 0
+        self.errors: list[str] = []
+        self._socks: list[socket.socket] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 60
+
+            def setup(self):
+                if ssl_context is not None:
+                    self.request.settimeout(self.timeout)
+                    self.request.do_handshake()
+                super().setup()
+                with origin.lock:
+                    origin.connections += 1
+                    self.conn_no = origin.connections
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self) -> tuple[int, str]:
+                h = hashlib.sha256()
+                n = 0
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    while True:
+                        size = int(self.rfile.readline(1024).split(b";")[0].strip(), 16)
+                        if size == 0:
+                            while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                                pass
+                            return n, h.hexdigest()
+                        data = self._read(size)
+                        h.update(data)
+                        n += len(data)
+                        if self.rfile.readline(1024).strip():
+                            raise ValueError("chunk not followed by CRLF")
+                left = int(self.headers.get("Content-Length") or 0)
+                while left:
+                    data = self._read(min(left, 1 * MiB))
+                    h.update(data)
+                    n += len(data)
+                    left -= len(data)
+                return n, h.hexdigest()
+
+            def _read(self, size: int) -> bytes:
+                data = self.rfile.read(size)
+                if len(data) != size:
+                    raise EOFError(f"body cut short: {len(data)} of {size} bytes")
+                return data
+
+            def _record(self, count: int, sha: str) -> None:
+                with origin.lock:
+                    origin.requests.append(HttpRecord(self.conn_no, self.command, self.path,
+                                                      {k.lower(): v for k, v in self.headers.items()}, count, sha))
+
+            def _answer(self, chunks, length: int, ctype: str = "text/plain") -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                if self.command != "HEAD":
+                    for c in chunks:
+                        self.wfile.write(c)
+                self.wfile.flush()
+
+            def do_GET(self):
+                try:
+                    count, sha = self._body()
+                    self._record(count, sha)
+                    parts = self.path.split("?")[0].split("/")
+                    if len(parts) == 4 and parts[1] == "blob" and origin.blob is not None:
+                        size, seed = int(parts[2]), int(parts[3])
+                        self._answer(origin.blob.chunks(size, seed), size, "application/octet-stream")
+                    elif len(parts) >= 3 and parts[1] == "text":
+                        body = f"hello {'/'.join(parts[2:])}\n".encode()
+                        self._answer([body], len(body))
+                    else:
+                        self.send_error(404)
+                except Exception as e:
+                    with origin.lock:
+                        origin.errors.append(f"{type(e).__name__}: {e}")
+                    raise
+
+            do_HEAD = do_GET
+
+            def do_POST(self):
+                try:
+                    count, sha = self._body()
+                    self._record(count, sha)
+                    body = f"{count} {sha}\n".encode()
+                    self._answer([body], len(body))
+                except Exception as e:
+                    with origin.lock:
+                        origin.errors.append(f"{type(e).__name__}: {e}")
+                    raise
+
+            do_PUT = do_POST
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            daemon_threads = True
+            allow_reuse_address = True
+
+            def get_request(self):
+                sock, addr = self.socket.accept()
+                with origin.lock:
+                    origin._socks.append(sock)
+                if ssl_context is not None:
+                    sock = ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                return sock, addr
+
+            def handle_error(self, request, client_address):
+                pass    # recorded in origin.errors where it matters
+
+        self.httpd = Server((host, 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self._t = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                   name=f"http-origin-{self.port}", daemon=True)
+        self._t.start()
+
+    def url(self, path: str, scheme: str = "http", host: str | None = None) -> str:
+        h = host or self.host
+        h = f"[{h}]" if ":" in h else h
+        return f"{scheme}://{h}:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        with self.lock:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._t.join(timeout=2)
+
+
+def silent_port() -> tuple[socket.socket, list[socket.socket]]:
+    """A port on 127.0.0.1 whose listener never answers a new SYN: listen(0), never accept, the accept
+    queue filled by our own connections, so the kernel drops further SYNs and a connect times out.
+    Returns (listener, fillers); close them all when done. Raises RuntimeError if the kernel still
+    completes connections."""
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.bind(("127.0.0.1", free_port()))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    fillers: list[socket.socket] = []
+    import select
+    for _ in range(8):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        fillers.append(c)
+        _, w, _ = select.select([], [c], [], 0.3)
+        if not w:      # this SYN was dropped: the queue is full
+            return lst, fillers
+    for s in fillers + [lst]:
+        s.close()
+    raise RuntimeError("the kernel completes connections beyond a full accept queue")

@@ -313,7 +313,7 @@ def test_reverse_port_taken_by_second_client(adit, targets):
     cline = wait_log(client_b, "already in use", timeout=10)
     print(f"second client: {cline}")
     assert str(rport) in cline and "refused to listen" in cline, cline
-    sline = wait_log(server, f"reverse listener on 127.0.0.1:{rport} failed", timeout=5)
+    sline = wait_log(server, f"reverse listener refused: 127.0.0.1:{rport} is already in use", timeout=5)
     print(f"server: {sline}")
     assert not client_b.log_lines_matching(f"{LISTENS} 127.0.0.1:{rport}")
 

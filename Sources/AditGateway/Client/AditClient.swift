@@ -159,7 +159,8 @@ public final class AditClient: Service, @unchecked Sendable {
             if let stdio = self.stdio {
                 self.stdioFailure = await stdio.finished()
             } else {
-                for listener in self.listeners { try? await listener.closeFuture.get() }
+                // Until SIGTERM/SIGINT: a client with only -R (or only UDP) has no TCP listener to wait on.
+                try? await gracefulShutdown()
             }
         } onGracefulShutdown: {
             for listener in self.listeners { listener.close(promise: nil) }

@@ -15,6 +15,8 @@ public final class TunnelMetrics: Sendable {
     let streamsOpenedByPeer = Counter(label: "adit_streams_opened_total", dimensions: [("origin", "peer")])
     let bytesSent = Counter(label: "adit_stream_bytes_total", dimensions: [("direction", "sent")])
     let bytesReceived = Counter(label: "adit_stream_bytes_total", dimensions: [("direction", "received")])
+    /// UDP datagrams dropped before they were framed (their flow's queue was full, or they did not fit).
+    let datagramsDropped = Counter(label: "adit_datagrams_dropped_total")
     /// permessage-deflate: bytes of the messages we compressed, before and after, and bytes sent as they were.
     let compressionInput = Counter(label: "adit_compression_bytes_total", dimensions: [("stage", "before")])
     let compressionOutput = Counter(label: "adit_compression_bytes_total", dimensions: [("stage", "after")])
@@ -79,6 +81,7 @@ final class SessionMetricsExporter {
         let now = session.statistics
         metrics.bytesSent.increment(by: now.bytesSent - exported.bytesSent)
         metrics.bytesReceived.increment(by: now.bytesReceived - exported.bytesReceived)
+        metrics.datagramsDropped.increment(by: now.datagramsDropped - exported.datagramsDropped)
         metrics.streamsOpenedLocally.increment(by: now.streamsOpened - exported.streamsOpened)
         metrics.streamsOpenedByPeer.increment(by: now.streamsAccepted - exported.streamsAccepted)
         for (code, count) in now.resets where count != exported.resets[code, default: 0] {

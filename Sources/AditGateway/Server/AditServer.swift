@@ -234,6 +234,20 @@ public final class AditServer: Service, @unchecked Sendable {
     }
 }
 
+/// Why a tunnel connection ended, as a user reads it: NIO's IOError text names its syscall wrapper
+/// (`read(descriptor:pointer:size:): Connection reset by peer) (errno: 104)`).
+func describeTunnelError(_ error: any Error) -> String {
+    if let io = error as? IOError {
+        switch io.errnoCode {
+        case ECONNRESET: return "the connection was reset by the peer"
+        case EPIPE: return "the peer closed the connection while we were writing"
+        case ETIMEDOUT: return "the connection timed out"
+        default: return String(cString: strerror(io.errnoCode)).lowercased()
+        }
+    }
+    return "\(error)"
+}
+
 func describeBindError(_ error: any Error) -> String {
     if let io = error as? IOError {
         switch io.errnoCode {

@@ -3,6 +3,10 @@ import Logging
 import NIOCore
 import NIOPosix
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The server's side of one tunnel: checks each OPEN against the policy, connects the target (TCP, or UDP for a
 /// datagram stream) and binds it; for each LISTEN (`-R`) checks the reverse policy, listens on the tunnel's event
 /// loop and opens a stream back for every connection (or UDP sender) that arrives. A session's listeners are
@@ -21,7 +25,7 @@ final class ServerSession: MuxSessionDelegate {
     private let onClose: (MuxHandler) -> Void
     private(set) weak var mux: MuxHandler?
     /// Listeners bound for the client, by the LISTEN stream that asked for them.
-    private var listeners: [StreamID: any Channel] = [:]
+    private var listeners: [StreamID: (channel: any Channel, kind: MuxStreamKind)] = [:]
     /// LISTENs whose bind is under way (a RESET or the session's end in the meantime cancels them).
     private var binding: Set<StreamID> = []
     private var closed = false
@@ -67,10 +71,11 @@ final class ServerSession: MuxSessionDelegate {
         let bind = request.bind
         let shown = "\(bind)\(request.kind == .datagram ? "/udp" : "")"
         guard settings.reversePolicy.allows(bind, kind: request.kind) else {
-            let rules = settings.reversePolicy.patterns.isEmpty ? "no --allow-reverse rule is set"
-                : "not allowed by the server's --allow-reverse rules"
-            logger.notice("reverse listener refused: \(shown) is \(rules)")
-            session.reject(listener, code: .notAllowed, reason: "\(shown) is \(rules)")
+            let why = settings.reversePolicy.patterns.isEmpty
+                ? "\(shown) is not allowed: the server has no --allow-reverse rule"
+                : "\(shown) is not allowed by the server's --allow-reverse rules"
+            logger.notice("reverse listener refused: \(why)")
+            session.reject(listener, code: .notAllowed, reason: why)
             return
         }
         binding.insert(listener)
@@ -86,19 +91,18 @@ final class ServerSession: MuxSessionDelegate {
                     channel.close(promise: nil)
                     return
                 }
-                self.listeners[listener] = channel
+                self.listeners[listener] = (channel, request.kind)
                 let address = channel.localAddress
                 let actual = MuxTarget(hostText: address?.ipAddress ?? bind.hostText, port: UInt16(address?.port ?? Int(bind.port)))
                 self.logger.notice("reverse listener on \(actual)\(request.kind == .datagram ? "/udp" : "") for this tunnel")
                 session.acceptListen(listener, bound: actual)
             case .failure(let error):
                 guard wanted else { return }
-                let why = describeBindError(error)
-                self.logger.notice("reverse listener on \(shown) failed: \(why)")
-                let inUse = why.contains("in use")
-                session.reject(listener, code: inUse ? .resourceLimit : .unreachable,
-                               reason: inUse ? "\(shown) is already in use (another client's -R, or another program)"
-                                   : "cannot listen on \(shown): \(why)")
+                let inUse = (error as? IOError)?.errnoCode == EADDRINUSE
+                let why = inUse ? "\(shown) is already in use (another client's -R, or another program)"
+                    : "cannot listen on \(shown): \(describeBindError(error))"
+                self.logger.notice("reverse listener refused: \(why)")
+                session.reject(listener, code: inUse ? .resourceLimit : .unreachable, reason: why)
             }
         }
     }
@@ -120,7 +124,7 @@ final class ServerSession: MuxSessionDelegate {
                         let endpoint = ChannelStreamEndpoint(channel)
                         let promise = channel.eventLoop.makePromise(of: Void.self)
                         promise.futureResult.assumeIsolated().whenFailure { error in
-                            logger.info("reverse connection from \(origin) refused by the client: \(error)")
+                            logger.info("reverse connection from \(origin) not carried: \(error)")
                             endpoint.close(abort: true)
                         }
                         session.openStream(MuxOpenRequest(target: origin, listener: listener), endpoint: endpoint,
@@ -153,6 +157,7 @@ final class ServerSession: MuxSessionDelegate {
         }
         return DatagramBootstrap(group: eventLoop)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.socketOption(.so_rcvbuf), value: DatagramFlowTable.socketReceiveBuffer)
             .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
             .bind(host: bind.hostText, port: Int(bind.port))
             .assumeIsolated()
@@ -165,8 +170,8 @@ final class ServerSession: MuxSessionDelegate {
 
     func muxSession(_ session: MuxHandler, listenerDidClose listener: StreamID, code: ResetCode, reason: String) {
         binding.remove(listener)
-        if let channel = listeners.removeValue(forKey: listener) {
-            logger.info("reverse listener on \(channel.localAddress.map { "\($0)" } ?? "?") closed")
+        if let (channel, kind) = listeners.removeValue(forKey: listener) {
+            logger.info("reverse listener on \(Self.shown(channel, kind)) closed")
             channel.close(promise: nil)
         }
     }
@@ -180,14 +185,21 @@ final class ServerSession: MuxSessionDelegate {
     func muxSessionDidClose(_ session: MuxHandler, error: (any Error)?) {
         closed = true
         binding.removeAll()
-        for channel in listeners.values { channel.close(promise: nil) }
+        for (channel, kind) in listeners.values {
+            logger.info("reverse listener on \(Self.shown(channel, kind)) closed with its tunnel")
+            channel.close(promise: nil)
+        }
         listeners.removeAll()
         if let error {
-            logger.info("tunnel closed: \(error)")
+            logger.info("tunnel closed: \(describeTunnelError(error))")
         } else {
             logger.info("tunnel closed")
         }
         onClose(session)
+    }
+
+    private static func shown(_ channel: any Channel, _ kind: MuxStreamKind) -> String {
+        (channel.localAddress?.shown ?? "?") + (kind == .datagram ? "/udp" : "")
     }
 }
 

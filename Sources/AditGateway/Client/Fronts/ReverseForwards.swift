@@ -17,6 +17,8 @@ final class ReverseForwards {
     private var listeners: [StreamID: Int] = [:]
     /// How the last request of each spec went, so a refusal is logged once, not at every reconnect.
     private var lastOutcome: [Int: String] = [:]
+    /// The next wait before asking again for a port that is in use, per spec.
+    private var retryDelays: [Int: TimeAmount] = [:]
 
     init(specs: [ReverseForwardSpec], configuration: AditClient.Configuration, eventLoop: any EventLoop, logger: Logger) {
         self.specs = specs
@@ -52,6 +54,7 @@ final class ReverseForwards {
                 let shown = address.map { "\($0)" } ?? "\(spec.bind)"
                 forwards.logger.notice("the server listens on \(shown)\(spec.kind == .datagram ? "/udp" : "") for -R: connections come back to \(spec.target)")
                 forwards.lastOutcome[index] = nil
+                forwards.retryDelays[index] = nil
             case .failure(let error):
                 forwards.listeners[id] = nil
                 forwards.refused(index, on: session, error: error)
@@ -66,10 +69,13 @@ final class ReverseForwards {
             logger.error("-R \(spec): the server refused to listen: \(text)")
             lastOutcome[index] = text
         }
-        // A port still held (by our own previous tunnel, not yet noticed gone) frees itself: ask again. A policy
-        // refusal does not change until the server's rules do; the next tunnel asks again.
-        if case .reset(let code, let reason) = error as? MuxStreamOpenError, code == .resourceLimit || reason.contains("in use") {
-            retry(index, on: session, after: .seconds(2))
+        // A port still held (by our own previous tunnel, not yet noticed gone) frees itself: ask again, less and
+        // less often (2 s doubling to a minute). A policy refusal does not change until the server's rules do; the
+        // next tunnel asks again.
+        if case .reset(let code, _) = error as? MuxStreamOpenError, code == .resourceLimit {
+            let delay = retryDelays[index, default: .seconds(2)]
+            retryDelays[index] = min(delay * 2, .seconds(60))
+            retry(index, on: session, after: delay)
         }
     }
 

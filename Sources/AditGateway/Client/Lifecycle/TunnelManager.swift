@@ -259,7 +259,7 @@ final class TunnelManager: StreamOpener {
 
     fileprivate func sessionClosed(_ attempt: TunnelLifecycle.Attempt, error: (any Error)?) {
         forget(attempt)
-        let why = error.map { "\($0)" } ?? "the server closed it"
+        let why = error.map(describeTunnelError) ?? "the server closed it"
         perform(lifecycle.sessionClosed(attempt, reason: why))
     }
 

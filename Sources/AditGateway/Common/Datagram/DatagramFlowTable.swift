@@ -16,7 +16,7 @@ final class DatagramFlowTable: ChannelInboundHandler {
 
         var description: String {
             switch self {
-            case .sender(let address): return "\(address)"
+            case .sender(let address): return address.shown
             case .destination(let target): return "\(target)"
             }
         }
@@ -28,6 +28,10 @@ final class DatagramFlowTable: ChannelInboundHandler {
         var inbound: (AddressedEnvelope<ByteBuffer>) -> (key: Key, payload: ByteBuffer, request: MuxOpenRequest)?
         var outbound: (Key, ByteBuffer) -> AddressedEnvelope<ByteBuffer>?
     }
+
+    /// SO_RCVBUF of a shared UDP socket (the kernel caps it at net.core.rmem_max): the default ~200 KiB drops a
+    /// burst of a few large datagrams while the loop serves other sockets.
+    static let socketReceiveBuffer: SocketOptionValue = 4 << 20
 
     private let framing: Framing
     private let idleTimeout: TimeAmount
@@ -96,8 +100,15 @@ final class DatagramFlowTable: ChannelInboundHandler {
         flows[key] = flow
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.assumeIsolated().whenFailure { [self] error in
-            self.logger.notice("UDP flow from \(key) to \(request.target) failed: \(error)")
-            self.refused[key] = .now() + .seconds(5)
+            // A refusal (policy, an unreachable target) is remembered for a few seconds so its datagrams do not
+            // each ask again; a flow that merely lost its tunnel starts over with its next datagram.
+            switch StreamOpenFailure(error) {
+            case .notAllowed, .refused, .unreachable, .timedOut:
+                self.logger.notice("UDP flow from \(key) to \(request.target) failed: \(error)")
+                self.refused[key] = .now() + .seconds(5)
+            case .unavailable, .other:
+                self.logger.debug("UDP flow from \(key) to \(request.target) ended: \(error)")
+            }
             flow.close(abort: false)
         }
         openFlow(request, flow, promise)
@@ -128,6 +139,14 @@ final class DatagramFlowTable: ChannelInboundHandler {
 
 /// A datagram is read into a buffer big enough for any (64 KiB); a small one queued as a slice would pin all of
 /// it, so it moves to a buffer of its own size (one copy of a small datagram, against 64 KiB held per datagram).
+extension SocketAddress {
+    /// `127.0.0.1:5353`, `[::1]:5353`: how users write addresses (NIO's description adds the family and the name).
+    var shown: String {
+        guard let ip = ipAddress else { return "\(self)" }
+        return HostPort(host: ip, port: port ?? 0).description
+    }
+}
+
 func compactDatagram(_ buffer: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
     guard buffer.capacity - buffer.readableBytes > 4096 else { return buffer }
     var copy = allocator.buffer(capacity: buffer.readableBytes)
@@ -156,10 +175,8 @@ final class DatagramFlowEndpoint: MuxStreamEndpoint {
         self.idle = nil
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         self.idle = IdleTimer(eventLoop: eventLoop, timeout: idleTimeout) {
-            let flow = bound.value
-            // The flow went quiet: its stream ends, and so does the flow.
-            if let events = flow.events { events.closed() }
-            flow.close(abort: false)
+            // The flow went quiet: it ends, and with it its stream.
+            bound.value.close(abort: false)
         }
     }
 
@@ -195,12 +212,16 @@ final class DatagramFlowEndpoint: MuxStreamEndpoint {
     func flush() { table?.flush() }
     func shutdownOutput() {}
 
+    /// Called by the mux (after it unbound us) or by the table and the idle timer (the mux still bound: it
+    /// learns the stream is over, so a flow never outlives its socket on the other side either).
     func close(abort: Bool) {
         guard !closed else { return }
         closed = true
         idle?.cancel()
         idle = nil
-        events = nil
+        let events = self.events
+        self.events = nil
         table?.remove(self)
+        events?.closed()
     }
 }

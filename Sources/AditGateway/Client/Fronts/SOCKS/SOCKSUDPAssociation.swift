@@ -34,6 +34,7 @@ final class SOCKSUDPAssociation {
             })
         // Bound first, the table added on the loop afterwards: the table and the opener are loop-confined.
         return DatagramBootstrap(group: eventLoop)
+            .channelOption(.socketOption(.so_rcvbuf), value: DatagramFlowTable.socketReceiveBuffer)
             .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
             .bind(host: host, port: 0)
             .assumeIsolated()
