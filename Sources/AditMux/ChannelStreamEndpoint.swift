@@ -20,9 +20,16 @@ public final class ChannelStreamEndpoint: MuxStreamEndpoint {
     private var readsHeld: Bool
     private var readWanted = false
 
+    /// Call on the channel's event loop. The bridge joins the pipeline at once and holds what happens before the
+    /// stream is bound (a connection waiting for the tunnel can send its data and its end of file meanwhile).
     public init(_ channel: any Channel, holdingReads: Bool = false) {
         self.channel = channel
         self.readsHeld = holdingReads
+        let sync = channel.pipeline.syncOperations
+        _ = try? channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+        _ = try? channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+        let bridge = StreamBridgeHandler()
+        if (try? sync.addHandler(bridge)) != nil { self.bridge = bridge }
     }
 
     /// The front answered its client: reads may flow.
@@ -38,16 +45,12 @@ public final class ChannelStreamEndpoint: MuxStreamEndpoint {
     public var eventLoop: any EventLoop { channel.eventLoop }
 
     public func bind(_ events: MuxStreamEvents) {
-        _ = channel.setOption(ChannelOptions.autoRead, value: false)
-        _ = channel.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-        let bridge = StreamBridgeHandler(events: events)
-        do {
-            try channel.pipeline.syncOperations.addHandler(bridge)
-            self.bridge = bridge
-        } catch {
-            // The channel closed under us: the stream learns it as a closure.
+        guard let bridge else {
+            // The channel closed before we could join it: the stream learns it as a closure.
             events.closed()
+            return
         }
+        bridge.bind(events)
     }
 
     public func unbind() {
@@ -85,18 +88,32 @@ public final class ChannelStreamEndpoint: MuxStreamEndpoint {
     }
 }
 
-/// Sits at the end of a stream's TCP channel and reports what happens there to the mux.
+/// Sits at the end of a stream's TCP channel and reports what happens there to the mux; until the stream is
+/// bound it keeps what arrives (bytes, the end of input, the closure) and hands it over at binding.
 final class StreamBridgeHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
     var events: MuxStreamEvents?
+    private var early: [ByteBuffer] = []
+    private var earlyInputClosed = false
+    private var earlyInactive = false
 
-    init(events: MuxStreamEvents) {
+    func bind(_ events: MuxStreamEvents) {
         self.events = events
+        let early = self.early
+        self.early = []
+        for buffer in early { events.received(buffer) }
+        if !early.isEmpty { events.readComplete() }
+        if earlyInputClosed { events.inputClosed() }
+        if earlyInactive { events.closed() }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        events?.received(unwrapInboundIn(data))
+        if let events {
+            events.received(unwrapInboundIn(data))
+        } else {
+            early.append(unwrapInboundIn(data))
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -105,13 +122,13 @@ final class StreamBridgeHandler: ChannelInboundHandler, RemovableChannelHandler 
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
-            events?.inputClosed()
+            if let events { events.inputClosed() } else { earlyInputClosed = true }
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        events?.closed()
+        if let events { events.closed() } else { earlyInactive = true }
         context.fireChannelInactive()
     }
 

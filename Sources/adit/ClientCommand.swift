@@ -166,6 +166,7 @@ struct ClientCommand: AsyncParsableCommand {
             if localUser != nil && dynamic.isEmpty && httpProxy.isEmpty {
                 throw ValidationError("--local-user protects -D and --http-proxy listeners; there are none")
             }
+            _ = try localCredentials()
             _ = try parsedHeaders()
             _ = try parsedHeaders(proxyHeader, flag: "--proxy-header")
             _ = try proxyRoute()
@@ -242,12 +243,7 @@ struct ClientCommand: AsyncParsableCommand {
             try HostPort.parseListener(text, what: "--http-proxy")
         }
         config.stdioTarget = try stdio.map(stdioTarget)
-        do {
-            config.localCredentials = try localCredentials()
-        } catch {
-            logger.error("\(error.message)")
-            throw ExitCode(1)
-        }
+        config.localCredentials = try localCredentials()
         config.waitForTunnel = .seconds(Int64(waitForTunnel))
         config.udpIdleTimeout = .seconds(Int64(udpTimeout))
         config.compression = compression.settings

@@ -106,7 +106,7 @@ extension EmbeddedChannel {
         try tunnel.pump()
         #expect(tunnel.targets.count == 2)
         let secondTarget = tunnel.targets[1].1
-        #expect(try secondTarget.outboundText() == "POST /x HTTP/1.1\r\nContent-Length: 4\r\nHost: other\r\nConnection: close\r\n\r\nbody")
+        #expect(try secondTarget.outboundText() == "POST /x HTTP/1.1\r\nHost: other\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody")
         try secondTarget.writeInbound(ByteBuffer(string: "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
         try tunnel.pump()
         #expect(try local.outboundText()

@@ -29,25 +29,34 @@ final class StdioFront: Sendable {
             var info = stat()
             let kind = fstat(fd, &info) == 0 ? info.st_mode & S_IFMT : 0
             guard kind == S_IFIFO || kind == S_IFSOCK || isatty(fd) == 1 else {
-                throw ConfigurationError("--stdio: \(name) is \(kind == S_IFREG ? "a regular file" : "not a pipe"); it must be a pipe, a socket or a terminal (as ssh's ProxyCommand gives)")
+                let what = kind == S_IFREG ? "a regular file" : kind == S_IFCHR ? "a device such as /dev/null" : "neither a pipe nor a socket"
+                throw ConfigurationError("--stdio: \(name) is \(what); it must be a pipe, a socket or a terminal (as ssh's ProxyCommand gives), e.g. printf 'request' | adit client URL --stdio host:port | cat")
             }
         }
+        // The endpoint joins the pipeline before the pipes are watched: standard input may be at its end already
+        // (`printf … | adit … --stdio`), and what NIO reads then must be kept for the stream.
+        let endpoint = NIOLoopBoundBox.makeEmptyBox(valueType: StdioEndpoint.self, eventLoop: eventLoop)
         let channel: any Channel
         do {
             channel = try await NIOPipeBootstrap(group: eventLoop)
                 .channelOption(.autoRead, value: false)
                 .channelOption(.allowRemoteHalfClosure, value: true)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { endpoint.value = StdioEndpoint(channel) }
+                }
                 .takingOwnershipOfDescriptors(input: STDIN_FILENO, output: STDOUT_FILENO).get()
         } catch {
             throw ConfigurationError("--stdio: cannot use standard input and output: \(error)")
         }
         let front = StdioFront(target: target, channel: channel, done: eventLoop.makePromise())
-        try await eventLoop.submit { front.open(opener: opener(), logger: logger) }.get()
+        try await eventLoop.submit {
+            guard let stdio = endpoint.value else { throw ConfigurationError("--stdio: standard input and output closed at once") }
+            front.open(stdio, opener: opener(), logger: logger)
+        }.get()
         return front
     }
 
-    private func open(opener: any StreamOpener, logger: Logger) {
-        let endpoint = StdioEndpoint(channel)
+    private func open(_ endpoint: StdioEndpoint, opener: any StreamOpener, logger: Logger) {
         let promise = channel.eventLoop.makePromise(of: Void.self)
         let target = self.target
         let done = self.done

@@ -68,14 +68,13 @@ package enum HTTPProxyRequest {
         var lines = "\(head.method.rawValue) \(path) HTTP/\(head.version.major).\(head.version.minor)\r\n"
         let connectionTokens = Set(head.headers["Connection"].flatMap { $0.split(separator: ",") }
             .map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
-        var hasHost = false
+        // RFC 9112 §3.2.2: the URL's authority is the Host, whatever Host the client sent.
+        lines += "Host: \(authority)\r\n"
         for (name, value) in head.headers {
             let lower = name.lowercased()
-            if hopByHop.contains(lower) || connectionTokens.contains(lower) { continue }
-            if lower == "host" { hasHost = true }
+            if hopByHop.contains(lower) || connectionTokens.contains(lower) || lower == "host" { continue }
             lines += "\(name): \(value)\r\n"
         }
-        if !hasHost { lines += "Host: \(authority)\r\n" }
         lines += "Connection: close\r\n\r\n"
         return .forward(Forward(target: target, method: head.method, head: lines, bodyFraming: framing,
                                 clientKeepAlive: keepAlive(head)))
