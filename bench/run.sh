@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Adit benchmark entry point. See docs/benchmarks.md.
-#   bench/run.sh                         full run (~7-8 min; the compression suite ~1 min,
-#                                        the tls suite ~2 min of it)
-#   BENCH_QUICK=1 bench/run.sh           quick run (~1.5-2.5 min)
+#   bench/run.sh                         full run (~9-11 min; the compression suite ~1 min,
+#                                        the tls suite ~2 min, the fronts suite ~2.5 min of it)
+#   BENCH_QUICK=1 bench/run.sh           quick run (~2.5-3.5 min)
 #   BENCH_ONLY=throughput,pingpong BENCH_PATHS=direct,adit bench/run.sh
 # Extra arguments are passed to bench/run.py (try --help).
 set -euo pipefail
