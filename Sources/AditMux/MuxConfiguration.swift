@@ -21,6 +21,9 @@ public struct MuxConfiguration: Sendable {
     /// Datagrams read from an endpoint and not yet framed, per datagram stream, in bytes: past it new datagrams
     /// are dropped (as a congested router would), so a fast sender never blocks other streams or grows memory.
     public var datagramQueueLimit: Int = 256 << 10
+    /// Bytes waiting above the tunnel socket (beyond what the kernel took) at which a peer that does not read is
+    /// dropped. Data never gets there (the scheduler stops at the high-water mark); control replies could.
+    public var maxUnreadBytes: Int = 4 << 20
     /// What we accept beyond the core protocol, announced in HELLO.
     public var features: MuxFeatures = []
 

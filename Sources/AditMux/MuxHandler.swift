@@ -31,6 +31,9 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var waitingForHello: [StreamID] = []
     private var controlMessage: ByteBuffer?
+    /// The PING to answer once the tunnel is writable again: while it is not, only the latest PING is answered
+    /// (a peer that pings and never reads must not make us queue a PONG per PING).
+    private var pendingPong: UInt64?
     private var flushScheduled = false
     private var dirtyEndpoints: [MuxStream] = []
 
@@ -302,7 +305,13 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { flushOutbound() }
+        if context.channel.isWritable {
+            if let opaque = pendingPong {
+                pendingPong = nil
+                enqueueControl(.pong(opaque))
+            }
+            flushOutbound()
+        }
         context.fireChannelWritabilityChanged()
     }
 
@@ -382,7 +391,11 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 requestReadIfPossible(stream)
             }
         case .ping(let opaque):
-            enqueueControl(.pong(opaque))
+            if context?.channel.isWritable ?? false {
+                enqueueControl(.pong(opaque))
+            } else {
+                pendingPong = opaque
+            }
         case .pong(let opaque):
             let now = NIODeadline.now().uptimeNanoseconds
             if opaque <= now {
@@ -823,6 +836,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var wrote = false
         if let control = controlMessage {
             controlMessage = nil
+            if !context.channel.isWritable, peerStoppedReading(context) { return }
             context.write(wrapOutboundOut(TunnelMessage(control)), promise: nil)
             wrote = true
         }
@@ -904,6 +918,19 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             for part in payloads[frame.payloads] { message.append(part) }
         }
         context.write(wrapOutboundOut(message), promise: nil)
+    }
+
+    /// Control frames answer the peer's own frames (RESET for a refused OPEN, credit, PONG), so a peer that keeps
+    /// sending but never reads could make us queue them without end. Data stops at the socket's high-water mark;
+    /// control bytes are allowed up to `maxUnreadBytes` beyond what the kernel took, then the session ends.
+    private func peerStoppedReading(_ context: ChannelHandlerContext) -> Bool {
+        guard let buffered = try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes),
+            buffered > configuration.maxUnreadBytes
+        else { return false }
+        logger.warning("the tunnel peer stopped reading: \(buffered) bytes wait for it; closing the tunnel")
+        teardown(error: MuxSessionError.peerNotReading)
+        context.close(promise: nil)
+        return true
     }
 
     // MARK: Session end

@@ -6,6 +6,7 @@ public enum MuxSessionError: Error, Sendable, Equatable, CustomStringConvertible
     case streamIDsExhausted
     case tunnelClosed
     case keepaliveTimeout
+    case peerNotReading
 
     public var description: String {
         switch self {
@@ -15,6 +16,7 @@ public enum MuxSessionError: Error, Sendable, Equatable, CustomStringConvertible
         case .streamIDsExhausted: return "the tunnel used up its stream numbers and must be reopened"
         case .tunnelClosed: return "the tunnel connection closed"
         case .keepaliveTimeout: return "the tunnel peer stopped answering keepalive pings"
+        case .peerNotReading: return "the tunnel peer stopped reading what we send"
         }
     }
 }

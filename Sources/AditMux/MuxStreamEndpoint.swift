@@ -27,7 +27,9 @@ public protocol MuxStreamEndpoint: AnyObject {
 /// The mux's side of one stream, as an endpoint reports to it. Valid until the endpoint is unbound; calls after
 /// that are ignored.
 public struct MuxStreamEvents {
-    unowned let mux: MuxHandler
+    /// Unowned without the reference-count traffic of a checked `unowned`: this is on every read. Safe because
+    /// the mux unbinds every endpoint (dropping these events) before it goes away (`teardown`).
+    unowned(unsafe) let mux: MuxHandler
     let stream: MuxStream
 
     init(mux: MuxHandler, stream: MuxStream) {

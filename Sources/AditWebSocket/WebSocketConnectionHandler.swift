@@ -39,6 +39,9 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private var closeTimeout: Scheduled<Void>?
     private var pendingClosePromises: [EventLoopPromise<Void>] = []
     private var maskKeys = MaskKeySource()
+    /// The latest ping's payload, answered once the socket is writable again: a peer that pings without reading
+    /// gets one pong, not one per ping queued in our memory (RFC 6455 §5.5.3 allows answering only the latest).
+    private var pendingPong: ByteBuffer?
 
     public init(role: WebSocketFrameParser.Role, configuration: Configuration = .init(), logger: Logger) {
         self.isClient = role == .client
@@ -55,6 +58,17 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
     public var compressionStatistics: CompressionStatistics? { codec?.statistics }
 
     // MARK: Inbound
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let payload = pendingPong {
+            pendingPong = nil
+            if closing.isOpen {
+                writeFrame(context: context, opcode: .pong, payload: TunnelMessage(payload))
+                context.flush()
+            }
+        }
+        context.fireChannelWritabilityChanged()
+    }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         parser.append(unwrapInboundIn(data))
@@ -148,8 +162,12 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
             }
         case .ping:
             if closing.isOpen {
-                writeFrame(context: context, opcode: .pong, payload: TunnelMessage(frame.payload))
-                context.flush()
+                if context.channel.isWritable {
+                    writeFrame(context: context, opcode: .pong, payload: TunnelMessage(frame.payload))
+                    context.flush()
+                } else {
+                    pendingPong = frame.payload
+                }
             }
         case .pong:
             break

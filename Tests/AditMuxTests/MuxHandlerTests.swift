@@ -361,6 +361,33 @@ extension EmbeddedChannel {
         #expect(!a.isActive)
     }
 
+    /// A peer that pings and never reads must not make us queue a PONG per PING: while the tunnel is not
+    /// writable only the latest PING is answered, once it is writable again.
+    @Test func pingsWhileTheTunnelIsBackedUpGetOneAnswer() throws {
+        let pair = try MuxPair()
+        pair.server.isWritable = false
+        var pings = ByteBuffer()
+        for opaque in UInt64(1)...1000 { MuxFrameCodec.encode(.ping(opaque), into: &pings) }
+        try pair.server.writeInbound(pings)
+        pair.loop.run()
+        func pongs() throws -> [UInt64] {
+            var found: [UInt64] = []
+            while let parts = try pair.server.readOutbound(as: TunnelMessage.self) {
+                var message = parts.joined()
+                while let frame = try MuxFrameCodec.decode(from: &message) {
+                    if case .pong(let opaque) = frame { found.append(opaque) }
+                }
+            }
+            return found
+        }
+        #expect(try pongs().isEmpty)
+        pair.server.isWritable = true
+        pair.server.pipeline.fireChannelWritabilityChanged()
+        pair.loop.run()
+        #expect(try pongs() == [1000])
+        #expect(!pair.serverMux.isClosed)
+    }
+
     @Test func keepalivePingsAndASilentPeerEndsTheSession() throws {
         var config = MuxConfiguration()
         config.keepaliveInterval = .seconds(1)

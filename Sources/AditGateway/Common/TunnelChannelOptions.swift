@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOPosix
 
@@ -24,6 +25,16 @@ public struct TunnelChannelOptions: Sendable {
 
     public init() {}
 
+    /// When accept fails (EMFILE: the descriptors are used up), the listener pauses instead of spinning
+    /// (`AcceptPauseHandler`).
+    static func backingOffAccepts(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
+        bootstrap.serverChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: Logger(label: "adit.listener")))
+            }
+        }
+    }
+
     func apply(toEndpoint bootstrap: ClientBootstrap) -> ClientBootstrap {
         bootstrap
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -35,7 +46,7 @@ public struct TunnelChannelOptions: Sendable {
     }
 
     func apply(toEndpointListener bootstrap: ServerBootstrap) -> ServerBootstrap {
-        bootstrap
+        Self.backingOffAccepts(bootstrap)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1024)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -67,7 +78,7 @@ public struct TunnelChannelOptions: Sendable {
             bootstrap = bootstrap.serverChannelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(size))
                 .childChannelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(size))
         }
-        return bootstrap
+        return Self.backingOffAccepts(bootstrap)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 256)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)

@@ -28,7 +28,7 @@ public final class MetricsEndpoint: Service, @unchecked Sendable {
         let registry = self.registry
         let channel: any Channel
         do {
-            channel = try await ServerBootstrap(group: group)
+            channel = try await TunnelChannelOptions.backingOffAccepts(ServerBootstrap(group: group))
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {

@@ -136,6 +136,8 @@ struct TargetConnector: Sendable {
             switch io.errnoCode {
             case ECONNREFUSED:
                 return Failure(code: .refused, reason: "\(target) refused the connection")
+            case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                return Failure(code: .resourceLimit, reason: "resource limit: the server is out of \(io.errnoCode == ENOMEM || io.errnoCode == ENOBUFS ? "memory" : "file descriptors") (\(String(cString: strerror(io.errnoCode))))")
             case ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, EAFNOSUPPORT:
                 return Failure(code: .unreachable, reason: "\(target): \(String(cString: strerror(io.errnoCode)))")
             case ETIMEDOUT:

@@ -1,0 +1,157 @@
+"""Hostile peers the server must survive (issue 11): control replies that would queue without bound, and a
+process out of file descriptors. Each case is one a real attack broke before it was fixed."""
+
+import base64
+import os
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+import e2e_helpers as H
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf(os.sysconf_names["SC_CLK_TCK"])
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame (FIN set, masked with a zero key: the payload goes as it is)."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return head + b"\0\0\0\0" + payload
+
+
+def upgrade(port: int) -> socket.socket:
+    """A tunnel WebSocket that never reads: the upgrade request is sent, its answer left unread."""
+    s = socket.create_connection(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: adit.v1\r\n\r\n").encode())
+    return s
+
+
+def send_for(s: socket.socket, chunk: bytes, total: int, seconds: float) -> int:
+    """Send `chunk` repeatedly until `total` bytes or `seconds` passed (the peer may stop reading us)."""
+    s.settimeout(0.5)
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while sent < total and time.monotonic() < deadline:
+        try:
+            sent += s.send(chunk)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+    return sent
+
+
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("kind", ["websocket ping", "tunnel PING"])
+def test_pings_from_a_peer_that_never_reads_do_not_grow_memory(adit, kind):
+    """200 MiB of pings whose answers are never read: before the fix the server went from 31 to 653 MiB."""
+    server = adit.server(["127.0.0.1:9"])
+    s = upgrade(server.port)
+    time.sleep(0.3)   # let the server settle before measuring
+    before = H.read_rss_kib(server.pid)
+    if kind == "websocket ping":
+        chunk = masked_frame(0x9, b"p" * 125) * 512
+    else:
+        hello = struct.pack("!IBIBIII", (13 << 8) | 0x8, 0, 0, 1, 1 << 20, 1 << 20, 0)
+        s.sendall(masked_frame(0x2, hello))
+        ping = struct.pack("!IBIQ", (8 << 8) | 0x5, 0, 0, 7)   # PING, 8 bytes, stream 0
+        chunk = masked_frame(0x2, ping * 3000) * 20
+    sent = send_for(s, chunk, 200 * H.MiB, seconds=40)
+    after = H.read_rss_kib(server.pid)
+    growth = (after - before) / 1024
+    print(f"{kind}: sent {sent / H.MiB:.0f} MiB of pings; server RSS {before // 1024} -> {after // 1024} MiB")
+    assert sent >= 64 * H.MiB or not server.alive() or growth < 48, "the test could not push enough pings"
+    assert growth < 48, f"server RSS grew by {growth:.0f} MiB for pings nobody read"
+    s.close()
+    # the server still serves
+    assert server.alive()
+    probe = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    probe.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert probe.recv(100).startswith(b"HTTP/1.1 426")
+    probe.close()
+
+
+def prlimited(argv: list[str], nofile: int) -> list[str]:
+    return ["prlimit", f"--nofile={nofile}:{nofile}", "--", *argv]
+
+
+@pytest.mark.deadline(90)
+def test_out_of_descriptors_the_listener_backs_off_and_recovers(adit, targets, tmp_path):
+    """EMFILE: the listener once spun at 100 % of a core on failing accept4 and served nobody even after the
+    flood left. Now it pauses accepting, and takes tunnels again once descriptors are free."""
+    echo = targets.echo()
+    port = H.free_port()
+    server = H.AditProcess("adit-server-limited",
+                           prlimited([str(adit.bin), "server", "--listen", f"127.0.0.1:{port}",
+                                      "--allow", f"127.0.0.1:{echo.port}"], 64),
+                           tmp_path / "adit-server-limited.log").start()
+    adit.procs.append(server)
+    H.wait_for_port(port, timeout=10, proc=server, connect=False)
+    flood = []
+    try:
+        for _ in range(120):   # more connections than the server has descriptors
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                break
+        time.sleep(1.0)
+        t0, c0 = time.monotonic(), cpu_seconds(server.pid)
+        time.sleep(3.0)
+        busy = (cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
+        print(f"server CPU while out of descriptors: {busy * 100:.0f} % of a core")
+        assert busy < 0.25, f"the listener spins at {busy * 100:.0f} % of a core while out of descriptors"
+        assert server.alive()
+    finally:
+        for s in flood:
+            s.close()
+    # the flood left: a tunnel works again
+    local = H.free_port()
+    client = adit.client(f"ws://127.0.0.1:{port}", [(local, "127.0.0.1", echo.port)])
+    H.wait_tunnel_ready(local, timeout=20, proc=client)
+
+
+@pytest.mark.deadline(90)
+def test_a_stream_opened_when_the_server_is_out_of_descriptors_fails_with_resource_limit(adit, targets, tmp_path):
+    echo = targets.echo()
+    port = H.free_port()
+    server = H.AditProcess("adit-server-limited",
+                           prlimited([str(adit.bin), "server", "--listen", f"127.0.0.1:{port}",
+                                      "--allow", f"127.0.0.1:{echo.port}"], 64),
+                           tmp_path / "adit-server-limited.log").start()
+    adit.procs.append(server)
+    H.wait_for_port(port, timeout=10, proc=server, connect=False)
+    local = H.free_port()
+    client = adit.client(f"ws://127.0.0.1:{port}", [(local, "127.0.0.1", echo.port)])
+    H.wait_tunnel_ready(local, timeout=20, proc=client)
+    flood = []
+    try:
+        for _ in range(120):
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                break
+        time.sleep(1.0)
+        mark = client.log_mark()
+        how, data = H.refused_locally(local, timeout=15)
+        assert (how, data) == ("reset", b"")
+        line = client.wait_for_log("resource limit", timeout=10, since=mark)
+        assert "descriptors" in line, line
+    finally:
+        for s in flood:
+            s.close()
