@@ -274,6 +274,10 @@ class AditProcess:
             hits = self.log_lines_matching(needle, since)
             if hits:
                 return hits[0]
+            if self.poll() is not None:
+                # It will never come: say so at once, with the log.
+                raise AssertionError(f"{self.name} exited with code {self.returncode} before logging {needle!r}; "
+                                     f"log:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"{self.name}: no log line containing {needle!r} within {timeout}s; log:\n"
@@ -1007,3 +1011,13 @@ def silent_port() -> tuple[socket.socket, list[socket.socket]]:
     for s in fillers + [lst]:
         s.close()
     raise RuntimeError("the kernel completes connections beyond a full accept queue")
+
+
+def local_credentials(source: str, user: str, password: str, tmp_path) -> tuple[list[str], dict[str, str] | None]:
+    """Client flags (and environment) giving -D/--http-proxy the local credentials, the password from the
+    environment ("env") or from a file ("file")."""
+    if source == "env":
+        return ["--local-user", user], {"ADIT_LOCAL_PASSWORD": password}
+    pw = tmp_path / "local-pass"
+    pw.write_text(password + "\n")
+    return ["--local-user", user, "--local-password-file", str(pw)], None

@@ -303,12 +303,7 @@ def test_request_body_is_streamed(adit, targets):
 @pytest.mark.parametrize("source", ["env", "file"])
 def test_local_credentials(adit, targets, tmp_path, source):
     www = origin(targets)
-    if source == "env":
-        extra, env = ["--local-user", USER], {"ADIT_LOCAL_PASSWORD": PASSWORD}
-    else:
-        pw = tmp_path / "local-pass"
-        pw.write_text(PASSWORD + "\n")
-        extra, env = ["--local-user", USER, "--local-password-file", str(pw)], None
+    extra, env = H.local_credentials(source, USER, PASSWORD, tmp_path)
     _, client, port = proxy_client(adit, [f"127.0.0.1:{www.port}"], client_extra=extra, env=env)
     proxy = f"http://127.0.0.1:{port}"
 

@@ -22,21 +22,6 @@ LISTENS = "the server listens on"
 # helpers
 
 
-def wait_log(proc, needle, timeout, since=0):
-    """Like AditProcess.wait_for_log, but fails at once (with the log) if the process exits first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        hits = proc.log_lines_matching(needle, since)
-        if hits:
-            return hits[0]
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.name} exited with code {proc.returncode} before logging {needle!r}; "
-                                 f"log:\n{proc.log_tail()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{proc.name}: no log line containing {needle!r} within {timeout}s; log:\n"
-                                 f"{proc.log_tail()}")
-        time.sleep(0.05)
-
 
 def start_server(adit, probe, allow_reverse=("127.0.0.1:*",), port=None, allow=()):
     extra = []
@@ -59,7 +44,7 @@ def start_client(adit, server, probe, reverses, extra=()):
 
 def wait_reverse_listening(client, rport, since=0, timeout=10.0, udp=False):
     """The client's log line saying the server bound 127.0.0.1:rport for it."""
-    line = wait_log(client, f"{LISTENS} 127.0.0.1:{rport}{'/udp' if udp else ''} for -R", timeout, since)
+    line = client.wait_for_log(f"{LISTENS} 127.0.0.1:{rport}{'/udp' if udp else ''} for -R", timeout, since)
     assert H.port_listening(rport) or udp, f"the client logged {line!r} but nothing listens on {rport}"
     return line
 
@@ -124,7 +109,7 @@ def test_reverse_echo_both_ways(adit, targets, monkeypatch):
     assert echo.results[0] == sum(map(len, messages)) + sum(len(f"ping {i:03d} ".encode()) * (i + 1)
                                                             for i in range(50))
     peer = f"{app_addr[0]}:{app_addr[1]}"
-    hit = wait_log(client, "reverse connection", timeout=5)
+    hit = client.wait_for_log("reverse connection", timeout=5)
     print(f"client debug: {hit}")
     assert peer in hit, f"the client's debug log does not name the server-side peer {peer}: {hit!r}"
     assert f"127.0.0.1:{echo.port}" in hit
@@ -238,7 +223,7 @@ def test_reverse_rebound_after_server_restart(adit, targets):
     mark = client.log_mark()
     server.signal(signal.SIGKILL)
     server.popen.wait(5)
-    wait_log(client, "tunnel lost", timeout=5, since=mark)
+    client.wait_for_log("tunnel lost", timeout=5, since=mark)
     assert H.tcp_port_released(rport) is None, "the reverse port is still taken with the server dead"
 
     t0 = time.monotonic()
@@ -279,8 +264,8 @@ def test_reverse_bind_not_allowed(adit, targets, case):
         specs.append(f"127.0.0.1:{ok_port}:127.0.0.1:{echo.port}")
     client = start_client(adit, server, probe, specs)
 
-    sline = wait_log(server, "reverse listener refused", timeout=10)
-    cline = wait_log(client, "the server refused to listen", timeout=10)
+    sline = server.wait_for_log("reverse listener refused", timeout=10)
+    cline = client.wait_for_log("the server refused to listen", timeout=10)
     print(f"server: {sline}\nclient: {cline}")
     assert f"127.0.0.1:{denied_port}" in sline or f"::1]:{denied_port}" in sline, sline
     assert "--allow-reverse" in sline, f"the server's message does not say which rule is missing: {sline!r}"
@@ -310,10 +295,10 @@ def test_reverse_port_taken_by_second_client(adit, targets):
     echo_through(rport)
 
     client_b = start_client(adit, server, probe, [f"{rport}:127.0.0.1:{echo_b.port}"])
-    cline = wait_log(client_b, "already in use", timeout=10)
+    cline = client_b.wait_for_log("already in use", timeout=10)
     print(f"second client: {cline}")
     assert str(rport) in cline and "refused to listen" in cline, cline
-    sline = wait_log(server, f"reverse listener refused: 127.0.0.1:{rport} is already in use", timeout=5)
+    sline = server.wait_for_log(f"reverse listener refused: 127.0.0.1:{rport} is already in use", timeout=5)
     print(f"server: {sline}")
     assert not client_b.log_lines_matching(f"{LISTENS} 127.0.0.1:{rport}")
 
@@ -332,7 +317,7 @@ def test_reverse_port_taken_by_another_program(adit, targets):
     holder = targets.echo()          # a plain listener that holds the port
     server = start_server(adit, probe)
     client = start_client(adit, server, probe, [f"{holder.port}:127.0.0.1:{echo.port}"])
-    cline = wait_log(client, "already in use", timeout=10)
+    cline = client.wait_for_log("already in use", timeout=10)
     print(f"client: {cline}")
     assert str(holder.port) in cline
     assert holder.accepted == 0 and echo.accepted == 0
@@ -345,7 +330,7 @@ def test_reverse_port_zero(adit, targets):
     echo, probe = targets.echo(), targets.echo()
     server = start_server(adit, probe)
     client = start_client(adit, server, probe, [f"0:127.0.0.1:{echo.port}"])
-    line = wait_log(client, LISTENS, timeout=10)
+    line = client.wait_for_log(LISTENS, timeout=10)
     print(f"client: {line}")
     m = re.search(r"listens on 127\.0\.0\.1:(\d+) for -R: connections come back to 127\.0\.0\.1:(\d+)", line)
     assert m, f"unexpected log line: {line!r}"
@@ -374,7 +359,7 @@ def test_reverse_target_refused_on_client_side(adit, targets):
     print(f"ended by {how} after {dt:.3f}s")
     assert data == b"" and how == "reset", f"expected an abort without data, got {how} with {len(data)} bytes"
     assert dt < 2.0
-    line = wait_log(client, "could not reach", timeout=5)
+    line = client.wait_for_log("could not reach", timeout=5)
     print(f"client: {line}")
     assert f"127.0.0.1:{dead}" in line
     assert H.port_listening(rport)

@@ -232,12 +232,7 @@ def test_socks4a_and_socks4(adit, targets):
 @pytest.mark.parametrize("source", ["env", "file"])
 def test_username_and_password(adit, targets, tmp_path, source):
     www = origin(targets)
-    if source == "env":
-        extra, env = ["--local-user", USER], {"ADIT_LOCAL_PASSWORD": PASSWORD}
-    else:
-        pw = tmp_path / "local-pass"
-        pw.write_text(PASSWORD + "\n")
-        extra, env = ["--local-user", USER, "--local-password-file", str(pw)], None
+    extra, env = H.local_credentials(source, USER, PASSWORD, tmp_path)
     _, client, port = socks_client(adit, [f"localhost:{www.port}"], client_extra=extra, env=env)
     url = www.url("/text/authorized", host="localhost")
 

@@ -39,21 +39,6 @@ def udp_echoes():
         e.stop()
 
 
-def wait_log(proc, needle, timeout, since=0):
-    """AditProcess.wait_for_log that fails at once (with the log) if the process exits first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        hits = proc.log_lines_matching(needle, since)
-        if hits:
-            return hits[0]
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.name} exited with code {proc.returncode} before logging {needle!r}; "
-                                 f"log:\n{proc.log_tail()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{proc.name}: no log line containing {needle!r} within {timeout}s; log:\n"
-                                 f"{proc.log_tail()}")
-        time.sleep(0.05)
-
 
 def wait_udp_bound(port, proc, timeout=10.0):
     H.wait_until(lambda: H.udp_port_bound(port) or proc.poll() is not None, timeout,
@@ -313,8 +298,8 @@ def test_udp_target_denied_without_udp_rule(adit, targets, udp_echoes):
                                           [("127.0.0.1", echo.port)])
     with udp_sock(timeout=1, connect_to=lport) as s:
         s.send(b"let me in")
-        cline = wait_log(client, "not allowed", timeout=10)
-        sline = wait_log(server, "not allowed", timeout=5)
+        cline = client.wait_for_log("not allowed", timeout=10)
+        sline = server.wait_for_log("not allowed", timeout=5)
         print(f"client: {cline}\nserver: {sline}")
         assert f"127.0.0.1:{echo.port}" in cline
         assert "/udp" in cline, f"the client's message does not say a /udp rule is needed: {cline!r}"
@@ -445,7 +430,7 @@ def test_udp_reverse_forward(adit, targets, udp_echoes):
     replies go back to each sender."""
     echo = udp_echoes()
     server, client, rport = reverse_udp_setup(adit, targets, echo, "127.0.0.1:{rport}/udp")
-    line = wait_log(client, f"the server listens on 127.0.0.1:{rport}/udp for -R", timeout=10)
+    line = client.wait_for_log(f"the server listens on 127.0.0.1:{rport}/udp for -R", timeout=10)
     print(f"client: {line}")
     assert H.udp_port_bound(rport)
     socks = [udp_sock(connect_to=rport) for _ in range(3)]
@@ -468,8 +453,8 @@ def test_udp_reverse_needs_udp_rule(adit, targets, udp_echoes):
     """--allow-reverse 127.0.0.1:PORT (TCP) does not let a client bind PORT/udp on the server."""
     echo = udp_echoes()
     server, client, rport = reverse_udp_setup(adit, targets, echo, "127.0.0.1:{rport}")
-    cline = wait_log(client, "the server refused to listen", timeout=10)
-    sline = wait_log(server, "reverse listener refused", timeout=5)
+    cline = client.wait_for_log("the server refused to listen", timeout=10)
+    sline = server.wait_for_log("reverse listener refused", timeout=5)
     print(f"client: {cline}\nserver: {sline}")
     assert f"{rport}/udp" in sline and "not allowed by policy" in cline
     assert not H.udp_port_bound(rport), f"UDP port {rport} is bound although refused"
