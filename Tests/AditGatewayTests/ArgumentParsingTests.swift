@@ -1,6 +1,8 @@
 import AditGateway
 import AditMux
 import AditProxy
+import Crypto
+import NIOSSL
 import Testing
 
 @Suite struct ArgumentParsingTests {
@@ -98,6 +100,12 @@ import Testing
         let made = try SelfSignedCertificate.make(names: ["localhost"], addresses: ["127.0.0.1", "::1"], days: 1)
         #expect(made.certificatePEM.hasPrefix("-----BEGIN CERTIFICATE-----"))
         #expect(made.privateKeyPEM.contains("PRIVATE KEY"))
+        // The pin is the SHA-256 of the key's SubjectPublicKeyInfo: derived here from the private key itself…
+        let key = try P256.Signing.PrivateKey(pemRepresentation: made.privateKeyPEM)
+        #expect(made.pin.digest == Array(SHA256.hash(data: key.publicKey.derRepresentation)))
+        // …and it is the pin a client computes from the certificate the server presents.
+        let certificate = try NIOSSLCertificate(bytes: Array(made.certificatePEM.utf8), format: .pem)
+        #expect(try PublicKeyPin.of(certificate) == made.pin)
         let again = try SelfSignedCertificate.make(names: ["localhost"], addresses: [], days: 1)
         #expect(again.pin != made.pin)  // a fresh key each time
         #expect(throws: ConfigurationError.self) { _ = try SelfSignedCertificate.make(names: [], addresses: ["nope"], days: 1) }
