@@ -6,6 +6,9 @@ import NIOHTTP1
 /// how the client judges the answer. The handlers only move bytes.
 public enum WebSocketHandshake {
     static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+    /// `Sec-WebSocket-Protocol: adit.v1, adit.bearer.<token>`: how a browser, which cannot set `Authorization`,
+    /// presents a token. The token must be a valid subprotocol token (Adit's are base64url).
+    public static let bearerSubprotocolPrefix = "adit.bearer."
 
     /// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64.
     public static func makeKey() -> String {
@@ -71,7 +74,9 @@ public enum WebSocketHandshake {
         else {
             return .refuse(.badRequest, "Sec-WebSocket-Key is missing or is not 16 bytes in base64.\n", extraHeaders: [])
         }
-        let offered = tokens(head.headers, "Sec-WebSocket-Protocol")
+        // A bearer token may ride in the subprotocol list (browsers cannot set Authorization): it is never selected
+        // and does not count as an offer.
+        let offered = tokens(head.headers, "Sec-WebSocket-Protocol").filter { !$0.hasPrefix(bearerSubprotocolPrefix) }
         let selected = route.subprotocols.first { offered.contains($0) }
         switch route.kind {
         case .tunnel:

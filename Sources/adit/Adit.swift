@@ -14,7 +14,7 @@ struct Adit: AsyncParsableCommand {
             Exit codes: 0 clean shutdown, 1 runtime failure (for example a port already in use), 64 bad usage (a wrong flag or value; the message says which).
             """,
         version: AditVersion.current,
-        subcommands: [ServerCommand.self, ClientCommand.self, KeygenCommand.self, DemoCommand.self]
+        subcommands: [ServerCommand.self, ClientCommand.self, KeygenCommand.self, TokenCommand.self, DemoCommand.self]
     )
 }
 

@@ -73,6 +73,20 @@ struct ClientCommand: AsyncParsableCommand {
     var localPasswordFile: String?
 
     @Option(name: .long, help: ArgumentHelp(
+        "File whose first line is the token the server knows us by (`adit token NAME` makes one); sent as Authorization: Bearer on the upgrade. Or set ADIT_TOKEN. Example: --token-file ~/.config/adit/token",
+        valueName: "file"))
+    var tokenFile: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "User for the server's Basic authentication; the password comes from --password-file or ADIT_PASSWORD. Example: --user alice",
+        valueName: "name"))
+    var user: String?
+
+    @Option(name: .long, help: ArgumentHelp("File whose first line is the password of --user. Example: --password-file ~/.config/adit/password",
+                                            valueName: "file"))
+    var passwordFile: String?
+
+    @Option(name: .long, help: ArgumentHelp(
         "Seconds a new local connection waits for the tunnel when it is down before it is refused (SOCKS general failure, HTTP 503, exit 1 for --stdio). Example: --wait-for-tunnel 30",
         valueName: "seconds"))
     var waitForTunnel: Int = 10
@@ -167,6 +181,7 @@ struct ClientCommand: AsyncParsableCommand {
                 throw ValidationError("--local-user protects -D and --http-proxy listeners; there are none")
             }
             _ = try localCredentials()
+            _ = try serverAuthorization()
             _ = try parsedHeaders()
             _ = try parsedHeaders(proxyHeader, flag: "--proxy-header")
             _ = try proxyRoute()
@@ -203,6 +218,43 @@ struct ClientCommand: AsyncParsableCommand {
             throw ConfigurationError("--local-user \(localUser) needs a password: set ADIT_LOCAL_PASSWORD or give --local-password-file")
         }
         return LocalCredentials(user: localUser, password: password)
+    }
+
+    /// The Authorization header for the server: a token (--token-file, ADIT_TOKEN) or a user and password.
+    func serverAuthorization() throws(ConfigurationError) -> String? {
+        let environment = ProcessInfo.processInfo.environment
+        func firstLine(_ path: String, _ flag: String) throws(ConfigurationError) -> String {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ConfigurationError("\(flag) '\(path)' cannot be read")
+            }
+            let line = String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !line.isEmpty else { throw ConfigurationError("\(flag) '\(path)' is empty") }
+            return line
+        }
+        if header.contains(where: { $0.lowercased().hasPrefix("authorization:") }) {
+            if tokenFile != nil || user != nil { throw ConfigurationError("-H 'Authorization: …' and --token-file/--user cannot be combined") }
+            return nil
+        }
+        if let user {
+            guard tokenFile == nil else { throw ConfigurationError("--user and --token-file cannot be combined: the server takes one credential") }
+            guard !user.contains(":") else { throw ConfigurationError("--user '\(user)' cannot contain ':'") }
+            let password: String
+            if let passwordFile {
+                password = try firstLine(passwordFile, "--password-file")
+            } else if let fromEnvironment = environment["ADIT_PASSWORD"] {
+                password = fromEnvironment
+            } else {
+                throw ConfigurationError("--user \(user) needs a password: set ADIT_PASSWORD or give --password-file")
+            }
+            return "Basic " + Data("\(user):\(password)".utf8).base64EncodedString()
+        }
+        if passwordFile != nil { throw ConfigurationError("--password-file needs --user") }
+        if let tokenFile { return "Bearer " + (try firstLine(tokenFile, "--token-file")) }
+        if let token = environment["ADIT_TOKEN"]?.trimmingCharacters(in: .whitespacesAndNewlines), !token.isEmpty {
+            return "Bearer " + token
+        }
+        return nil
     }
 
     func proxyRoute() throws -> (ProxyRoute?, String) {
@@ -266,6 +318,7 @@ struct ClientCommand: AsyncParsableCommand {
         }
         config.rawMaxMessageSize = compression.rawMaxMessageSize
         config.extraHeaders = try parsedHeaders()
+        if let authorization = try serverAuthorization() { config.extraHeaders.append(("Authorization", authorization)) }
         config.hostHeader = hostHeader
         config.origin = origin
         config.mux = tunnel.muxConfiguration

@@ -172,6 +172,8 @@ func runService(_ service: some Service & Sendable, extra: [any Service] = [], l
     } catch let error as ConfigurationError {
         logger.error("\(error.message)")
         throw ExitCode(1)
+    } catch is ReportedFailure {
+        throw ExitCode(1)
     } catch {
         logger.error("\(error)")
         throw ExitCode(1)

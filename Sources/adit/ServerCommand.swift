@@ -34,6 +34,16 @@ struct ServerCommand: AsyncParsableCommand {
         valueName: "pattern"))
     var allowReverse: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Users file (YAML): with it, every tunnel needs a credential (token, password or client certificate) checked before the upgrade is answered, and each user may have targets, reverse binds and limits of its own. The file is watched and reloaded (also on SIGHUP). `adit token NAME` makes entries. Example: --users /etc/adit/users.yaml",
+        valueName: "file"))
+    var users: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Web page origin allowed to connect from a browser (repeatable), e.g. for a raw bridge's page. With --users, requests carrying any other Origin are refused. Example: --allow-origin https://portal.example.com",
+        valueName: "origin"))
+    var allowOrigin: [String] = []
+
     @Option(name: .long, help: ArgumentHelp("Seconds of silence after which a UDP flow is closed. Example: --udp-timeout 120",
                                             valueName: "seconds"))
     var udpTimeout: Int = 60
@@ -64,12 +74,19 @@ struct ServerCommand: AsyncParsableCommand {
     func validate() throws {
         do {
             _ = try HostPort.parse(listen, what: "--listen", allowZeroPort: true)
-            guard !allow.isEmpty || !allowReverse.isEmpty else {
+            guard !allow.isEmpty || !allowReverse.isEmpty || users != nil else {
                 throw ValidationError(
                     "no --allow pattern given: the server would refuse every target. Add one, e.g. --allow 'localhost:22' (or --allow '*:*' to allow all)")
             }
             _ = try TargetPolicy.parse(allow)
             _ = try TargetPolicy.parse(allowReverse, flag: "--allow-reverse")
+            if let users {
+                do {
+                    _ = try UsersFile.load(path: users)
+                } catch {
+                    throw ValidationError("--users \(error)")
+                }
+            }
             var paths: Set<String> = [path]
             for text in raw {
                 let route = try RawBridgeRoute.parse(text)
@@ -95,6 +112,14 @@ struct ServerCommand: AsyncParsableCommand {
                                               policy: try TargetPolicy.parse(allow))
         config.path = path
         config.reversePolicy = try TargetPolicy.parse(allowReverse, flag: "--allow-reverse")
+        if let users {
+            config.users = try UsersFile.load(path: users)
+            config.usersFile = users
+            logger.notice("\(config.users?.count ?? 0) user(s) from \(users): every tunnel needs a credential")
+        } else {
+            logger.warning("no --users file: anyone who can reach this port may open streams to the --allow targets; add users before exposing it")
+        }
+        config.allowedOrigins = allowOrigin.isEmpty ? nil : allowOrigin
         config.udpIdleTimeout = .seconds(Int64(udpTimeout))
         config.mux = tunnel.muxConfiguration
         config.channelOptions.tunnelSocketBuffer = tunnel.tunnelSocketBuffer

@@ -155,20 +155,42 @@ public final class AditClient: Service, @unchecked Sendable {
             try? await shutdownGroup()
             throw error
         }
+        let manager = self.manager
+        let gaveUp = try await eventLoop.submit { manager.value.gaveUp.futureResult }.get()
+        var failure: String?
         await withGracefulShutdownHandler {
-            if let stdio = self.stdio {
-                self.stdioFailure = await stdio.finished()
-            } else {
-                // Until SIGTERM/SIGINT: a client with only -R (or only UDP) has no TCP listener to wait on.
-                try? await gracefulShutdown()
+            // Until SIGTERM/SIGINT (a client with only -R or UDP has no TCP listener to wait on), the end of
+            // --stdio's stream, or a dial failure that retrying cannot fix.
+            failure = await withTaskGroup(of: String?.self) { group in
+                group.addTask { ((try? await gaveUp.get()) ?? nil).map { "cannot use the tunnel server: \($0)" } }
+                if let stdio = self.stdio {
+                    group.addTask {
+                        self.stdioFailure = await stdio.finished()
+                        return nil
+                    }
+                } else {
+                    group.addTask {
+                        try? await gracefulShutdown()
+                        return nil
+                    }
+                }
+                let first = await group.next() ?? nil
+                group.cancelAll()
+                self.eventLoop.execute { manager.value.stopWaitingForFailure() }
+                return first
             }
         } onGracefulShutdown: {
+            self.eventLoop.execute { manager.value.stopWaitingForFailure() }
             for listener in self.listeners { listener.close(promise: nil) }
             self.stdio?.cancel()
         }
         for listener in listeners { try? await listener.close() }
         await stop()
         try? await shutdownGroup()
+        if let failure {
+            if stdio != nil && stdioFailure == nil { stdioFailure = failure }
+            throw ReportedFailure(failure)
+        }
     }
 
     func start() async throws {
@@ -299,12 +321,4 @@ public struct LocalCredentials: Sendable, Equatable {
         let passwordMatches = constantTimeEquals(Array(password.utf8), Array(self.password.utf8))
         return userMatches && passwordMatches
     }
-}
-
-func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    var difference = UInt8(truncatingIfNeeded: a.count ^ b.count)
-    for i in 0..<max(a.count, b.count) {
-        difference |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
-    }
-    return difference == 0
 }

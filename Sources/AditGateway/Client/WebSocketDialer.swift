@@ -247,6 +247,20 @@ struct WebSocketDialer {
         }
     }
 
+    /// A failure that dialling again cannot fix: the user must change something (credentials, mostly). The
+    /// client stops with the error instead of retrying (rejected credentials retried every 15 s can lock an
+    /// account).
+    func isPermanent(_ error: any Error) -> Bool {
+        if case .unexpectedStatus(let code, _, _) = error as? WebSocketUpgradeError { return code == 401 || code == 403 }
+        if let proxyError = error as? ProxyDialError, let connect = proxyError.underlying as? ProxyConnectError {
+            switch connect {
+            case .credentialsRequired, .credentialsRejected, .unsupportedSchemes: return true
+            default: return false
+            }
+        }
+        return false
+    }
+
     /// One sentence for a failed dial.
     func describe(_ error: any Error) -> String {
         if let tlsError = error as? TLSCheckError { return "TLS: \(tlsError)" }

@@ -25,6 +25,18 @@ public final class TunnelMetrics: Sendable {
     let inflateInput = Counter(label: "adit_decompression_bytes_total", dimensions: [("stage", "before")])
     let inflateOutput = Counter(label: "adit_decompression_bytes_total", dimensions: [("stage", "after")])
     private let resets = NIOLockedValueBox<[ResetCode: Counter]>([:])
+    private let authFailures = NIOLockedValueBox<[String: Counter]>([:])
+
+    /// A tunnel refused before its 101: `unauthorized` (no or wrong credentials) or `forbidden`.
+    func authFailure(_ reason: String) {
+        let counter = authFailures.withLockedValue { counters in
+            if let existing = counters[reason] { return existing }
+            let counter = Counter(label: "adit_auth_failures_total", dimensions: [("reason", reason)])
+            counters[reason] = counter
+            return counter
+        }
+        counter.increment()
+    }
 
     public init() {}
 

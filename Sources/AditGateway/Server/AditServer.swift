@@ -1,4 +1,5 @@
 import AditMux
+import AditTransport
 import AditWebSocket
 import Logging
 import NIOConcurrencyHelpers
@@ -21,6 +22,12 @@ public final class AditServer: Service, @unchecked Sendable {
         public var reversePolicy = TargetPolicy(patterns: [])
         /// A UDP flow with no datagram either way for this long is closed.
         public var udpIdleTimeout: TimeAmount = .seconds(60)
+        /// The users (`--users`): with any, every tunnel needs a credential; nil lets anyone in (anonymous).
+        public var users: [UserRecord]?
+        /// `--users FILE`, watched and reloaded; nil when `users` came from elsewhere.
+        public var usersFile: String?
+        /// `--allow-origin`: the web pages whose browsers may connect.
+        public var allowedOrigins: [String]?
         public var path = "/"
         public var mux = MuxConfiguration()
         public var channelOptions = TunnelChannelOptions()
@@ -49,7 +56,20 @@ public final class AditServer: Service, @unchecked Sendable {
     private let logger: Logger
     private let group: MultiThreadedEventLoopGroup
     private let ownsGroup: Bool
-    private let sessions = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<MuxHandler>]>([:])
+    private let sessions = NIOLockedValueBox<[ObjectIdentifier: SessionRecord]>([:])
+    /// Who may connect, and with which rules: replaced whole when the users file is reloaded.
+    private let access: NIOLockedValueBox<AccessControl>
+    /// Wrong passwords by address: a few are forgiven, then the address waits (scrypt is expensive to check).
+    private let passwordFailures = NIOLockedValueBox(FailureThrottle())
+    /// Refusals (of tunnels, streams, listeners) are logged at most a few a second: a peer cannot flood the log.
+    let refusalLog = RateLimitedLog()
+
+    struct SessionRecord {
+        var mux: NIOLoopBound<MuxHandler>
+        var session: NIOLoopBound<ServerSession>
+        var identity: Identity
+    }
+    private let watcher = NIOLockedValueBox<UsersFileWatcher?>(nil)
     /// Open raw-bridge WebSockets, so that shutdown can wait for them and then close them with 1001.
     private let rawBridges = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
@@ -62,6 +82,10 @@ public final class AditServer: Service, @unchecked Sendable {
         self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         self.ownsGroup = group == nil
         self.started = self.group.any().makePromise()
+        self.access = NIOLockedValueBox(AccessControl(directory: configuration.users.map(UserDirectory.init(users:)),
+                                                      defaultPolicy: configuration.policy,
+                                                      defaultReversePolicy: configuration.reversePolicy,
+                                                      allowedOrigins: configuration.allowedOrigins))
     }
 
     /// The address the server listens on, once it does (port 0 resolved).
@@ -82,6 +106,7 @@ public final class AditServer: Service, @unchecked Sendable {
         } onGracefulShutdown: {
             self.listener?.close(promise: nil)
         }
+        watcher.withLockedValue { $0?.stop() }
         await drain()
         try? await shutdownGroup()
     }
@@ -109,6 +134,11 @@ public final class AditServer: Service, @unchecked Sendable {
             throw ConfigurationError("cannot listen on \(config.listen): \(describeBindError(error))")
         }
         listener = channel
+        if let path = config.usersFile {
+            let watcher = UsersFileWatcher(path: path, logger: logger) { [weak self] users in self?.reload(users: users) }
+            watcher.start()
+            self.watcher.withLockedValue { $0 = watcher }
+        }
         let address = channel.localAddress!
         boundAddress.withLockedValue { $0 = address }
         started.succeed(address)
@@ -126,6 +156,29 @@ public final class AditServer: Service, @unchecked Sendable {
         }
     }
 
+    /// A new users file: new tunnels and new streams follow it at once; tunnels of users that were removed or
+    /// whose credentials changed are closed.
+    func reload(users: [UserRecord]) {
+        let access = self.access.withLockedValue { access -> AccessControl in
+            access.directory = UserDirectory(users: users)
+            return access
+        }
+        guard let directory = access.directory else { return }
+        for record in sessions.withLockedValue({ Array($0.values) }) where record.identity.method != .none {
+            let name = record.identity.name
+            let mux = record.mux
+            guard let user = directory.user(named: name), user.credentialFingerprint == record.identity.credentialFingerprint else {
+                let why = directory.user(named: name) == nil ? "was removed from the users file" : "has new credentials"
+                logger.notice("user \(name) \(why): closing their tunnel")
+                mux.eventLoop.execute { mux.value.closeTunnel() }
+                continue
+            }
+            let updated = access.identity(user, record.identity.method)
+            let session = record.session
+            session.eventLoop.execute { session.value.update(policy: updated.policy, reversePolicy: updated.reversePolicy) }
+        }
+    }
+
     var routes: [WebSocketRoute] {
         [.tunnel(path: configuration.path, compression: configuration.compression)]
             + configuration.rawRoutes.map {
@@ -135,64 +188,124 @@ public final class AditServer: Service, @unchecked Sendable {
 
     private func initializeTunnel(_ channel: any Channel, connector: TargetConnector, logger: Logger) throws {
         var logger = logger
-        if let remote = channel.remoteAddress, let ip = remote.ipAddress {
-            logger[metadataKey: "peer"] = "\(HostPort(host: ip, port: remote.port ?? 0))"
+        let peer = channel.remoteAddress.flatMap { address in
+            address.ipAddress.map { HostPort(host: $0, port: address.port ?? 0) }
         }
-        let mux = configuration.mux
+        if let peer { logger[metadataKey: "peer"] = "\(peer)" }
         let sessionLogger = logger
-        let pipeline = channel.pipeline.syncOperations
-        try pipeline.addHandler(WebSocketServerHandshakeHandler(routes: routes, logger: logger) {
-            [weak self] channel, head, upgrade in
-            guard let self else { throw ChannelError.ioOnClosedChannel }
-            if upgrade.route > 0 {
-                let route = self.configuration.rawRoutes[upgrade.route - 1]
-                let id = ObjectIdentifier(channel)
-                self.rawBridges.withLockedValue { $0[id] = channel }
-                channel.closeFuture.whenComplete { [weak self] _ in
-                    _ = self?.rawBridges.withLockedValue { $0.removeValue(forKey: id) }
-                }
-                try RawBridge.installServerSide(on: channel, route: route, upgrade: upgrade, head: head,
-                                                configuration: self.configuration, connector: connector,
-                                                logger: sessionLogger)
+        try channel.pipeline.syncOperations.addHandler(WebSocketServerHandshakeHandler(routes: routes, logger: logger) {
+            [weak self] channel, head, upgrade, admission in
+            guard let self else {
+                admission.refuse(.serviceUnavailable, "the server is shutting down")
                 return
             }
-            var wsConfig = WebSocketConnectionHandler.Configuration()
-            wsConfig.maxMessageSize = Int(mux.maxReceiveMessageSize)
-            wsConfig.deflate = upgrade.deflate
-            wsConfig.compression = self.configuration.compression
-            let metrics = self.configuration.metrics
-            var exporter: SessionMetricsExporter? = nil
-            let webSocket = WebSocketConnectionHandler(role: .server, configuration: wsConfig, logger: sessionLogger)
-            let settings = ServerSession.Settings(connector: connector, reversePolicy: self.configuration.reversePolicy,
-                                                  channelOptions: self.configuration.channelOptions,
-                                                  udpIdleTimeout: self.configuration.udpIdleTimeout)
-            let session = ServerSession(settings: settings, logger: sessionLogger) { [weak self] handler in
-                exporter?.close()
-                exporter = nil
-                if let statistics = webSocket.compressionStatistics {
-                    sessionLogger.info("tunnel compression: \(statistics.summary)")
-                }
-                guard let self else { return }
-                _ = self.sessions.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(handler)) }
-            }
-            var muxConfiguration = mux
-            muxConfiguration.features = [.reverse, .datagrams]
-            let handler = MuxHandler(role: .server, configuration: muxConfiguration, logger: sessionLogger)
-            session.attach(handler)
-            if let metrics {
-                exporter = SessionMetricsExporter(metrics: metrics, session: handler, webSocket: webSocket,
-                                                  eventLoop: channel.eventLoop)
-            }
-            let sync = channel.pipeline.syncOperations
-            try sync.addHandler(webSocket)
-            try sync.addHandler(handler)
-            self.sessions.withLockedValue { $0[ObjectIdentifier(handler)] = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
-            var metadata: Logger.Metadata = [
-                "compression": "\(upgrade.deflate?.summary ?? (self.configuration.compression.mode == .off ? "off" : "none (the client offered none we accept)"))",
-            ]
-            if let agent = head.headers["User-Agent"].first { metadata["user_agent"] = "\(agent)" }
-            sessionLogger.info("tunnel opened", metadata: metadata)
+            self.admit(channel, head: head, upgrade: upgrade, admission: admission, peer: peer, connector: connector,
+                       logger: sessionLogger)
         })
+    }
+
+    /// Decides who the request is before its 101 (`AccessControl`), checking a password off the event loop, and
+    /// installs the session with that identity's rules, or answers 401/403.
+    private func admit(_ channel: any Channel, head: HTTPRequestHead, upgrade: WebSocketUpgrade, admission: WebSocketAdmission,
+                       peer: HostPort?, connector: TargetConnector, logger: Logger) {
+        let access = self.access.withLockedValue { $0 }
+        let certificateIdentities = ClientCertificateIdentity.of(channel)
+        let decide = { [weak self] (decision: AccessControl.Decision) in
+            guard let self else { return }
+            switch decision {
+            case .admit(let identity):
+                admission.accept { channel in
+                    try self.install(channel, head: head, upgrade: upgrade, identity: identity, connector: connector, logger: logger)
+                }
+            case .refuse(let refusal):
+                self.refusalLog.log(logger, "tunnel refused (\(refusal.status.code)): \(refusal.reason)", metadata: [
+                    "user_agent": "\(LogText.bounded(head.headers["User-Agent"].first ?? ""))",
+                ])
+                self.configuration.metrics?.authFailure(refusal.status == .forbidden ? "forbidden" : "unauthorized")
+                admission.refuse(refusal.status, refusal.reason, extraHeaders: refusal.headers)
+            case .checkPassword:
+                preconditionFailure("a password check is decided before this")
+            }
+        }
+        switch access.decide(head, certificateIdentities: certificateIdentities) {
+        case .checkPassword(let user, let password):
+            let address = peer?.host ?? "?"
+            if let wait = passwordFailures.withLockedValue({ $0.blocked(address) }) {
+                decide(.refuse(.init(status: .unauthorized,
+                                     reason: "too many wrong passwords from \(address); wait \(wait) s before trying again")))
+                return
+            }
+            NIOThreadPool.singleton.runIfActive(eventLoop: channel.eventLoop) { user.password?.verify(password) ?? false }
+                .assumeIsolated().whenComplete { [weak self] result in
+                    let ok = (try? result.get()) ?? false
+                    if !ok { self?.passwordFailures.withLockedValue { $0.failed(address) } }
+                    decide(access.passwordChecked(user, ok: ok))
+                }
+        case let decision:
+            decide(decision)
+        }
+    }
+
+    private func install(_ channel: any Channel, head: HTTPRequestHead, upgrade: WebSocketUpgrade, identity: Identity,
+                         connector: TargetConnector, logger: Logger) throws {
+        var sessionLogger = logger
+        if identity.method != .none { sessionLogger[metadataKey: "user"] = "\(identity.name)" }
+        let connector = connector.with(policy: identity.policy)
+        if upgrade.route > 0 {
+            let route = configuration.rawRoutes[upgrade.route - 1]
+            let id = ObjectIdentifier(channel)
+            rawBridges.withLockedValue { $0[id] = channel }
+            channel.closeFuture.whenComplete { [weak self] _ in
+                _ = self?.rawBridges.withLockedValue { $0.removeValue(forKey: id) }
+            }
+            try RawBridge.installServerSide(on: channel, route: route, upgrade: upgrade, head: head,
+                                            configuration: configuration, connector: connector, logger: sessionLogger)
+            return
+        }
+        let mux = configuration.mux
+        var wsConfig = WebSocketConnectionHandler.Configuration()
+        wsConfig.maxMessageSize = Int(mux.maxReceiveMessageSize)
+        wsConfig.deflate = upgrade.deflate
+        wsConfig.compression = configuration.compression
+        let metrics = configuration.metrics
+        var exporter: SessionMetricsExporter? = nil
+        let webSocket = WebSocketConnectionHandler(role: .server, configuration: wsConfig, logger: sessionLogger)
+        let settings = ServerSession.Settings(connector: connector, reversePolicy: identity.reversePolicy,
+                                              channelOptions: configuration.channelOptions,
+                                              udpIdleTimeout: configuration.udpIdleTimeout, refusalLog: refusalLog)
+        let finalLogger = sessionLogger
+        let session = ServerSession(settings: settings, logger: sessionLogger) { [weak self] handler in
+            exporter?.close()
+            exporter = nil
+            if let statistics = webSocket.compressionStatistics {
+                finalLogger.info("tunnel compression: \(statistics.summary)")
+            }
+            guard let self else { return }
+            _ = self.sessions.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(handler)) }
+        }
+        var muxConfiguration = mux
+        muxConfiguration.features = [.reverse, .datagrams]
+        if let streams = identity.limits.streams { muxConfiguration.maxConcurrentStreams = min(streams, mux.maxConcurrentStreams) }
+        let handler = MuxHandler(role: .server, configuration: muxConfiguration, logger: sessionLogger)
+        session.attach(handler)
+        if let metrics {
+            exporter = SessionMetricsExporter(metrics: metrics, session: handler, webSocket: webSocket,
+                                              eventLoop: channel.eventLoop)
+        }
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(webSocket)
+        try sync.addHandler(handler)
+        sessions.withLockedValue {
+            $0[ObjectIdentifier(handler)] = SessionRecord(mux: NIOLoopBound(handler, eventLoop: channel.eventLoop),
+                                                          session: NIOLoopBound(session, eventLoop: channel.eventLoop),
+                                                          identity: identity)
+        }
+        var metadata: Logger.Metadata = [
+            "compression": "\(upgrade.deflate?.summary ?? (configuration.compression.mode == .off ? "off" : "none (the client offered none we accept)"))",
+        ]
+        if identity.method != .none { metadata["auth"] = "\(identity.method.rawValue)" }
+        if let agent = head.headers["User-Agent"].first { metadata["user_agent"] = "\(LogText.bounded(agent))" }
+        sessionLogger.info("tunnel opened", metadata: metadata)
     }
 
     /// GOAWAY to every tunnel, then wait for their streams — and for raw bridges — to finish (or the drain
@@ -203,7 +316,8 @@ public final class AditServer: Service, @unchecked Sendable {
         if !all.isEmpty || raw > 0 {
             logger.notice("shutting down: draining \(all.count) tunnel(s) and \(raw) raw bridge(s), up to \(configuration.drainTimeout.nanoseconds / 1_000_000_000) s")
         }
-        for bound in all {
+        for record in all {
+            let bound = record.mux
             bound.eventLoop.execute { bound.value.beginDrain(reason: "the server is shutting down") }
         }
         let deadline = NIODeadline.now() + configuration.drainTimeout
@@ -213,7 +327,8 @@ public final class AditServer: Service, @unchecked Sendable {
         let left = sessions.withLockedValue { Array($0.values) }
         if !left.isEmpty {
             logger.warning("drain timeout: closing \(left.count) tunnel(s) with streams still open")
-            for bound in left {
+            for record in left {
+                let bound = record.mux
                 bound.eventLoop.execute { bound.value.closeTunnel() }
             }
         }

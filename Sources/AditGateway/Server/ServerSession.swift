@@ -18,9 +18,10 @@ final class ServerSession: MuxSessionDelegate {
         var reversePolicy: TargetPolicy
         var channelOptions: TunnelChannelOptions
         var udpIdleTimeout: TimeAmount
+        var refusalLog: RateLimitedLog
     }
 
-    private let settings: Settings
+    private var settings: Settings
     private let logger: Logger
     private let onClose: (MuxHandler) -> Void
     private(set) weak var mux: MuxHandler?
@@ -36,6 +37,13 @@ final class ServerSession: MuxSessionDelegate {
         self.onClose = onClose
     }
 
+    /// The users file was reloaded and this session's user kept its credentials: new streams and listeners follow
+    /// the new rules at once (streams already open go on).
+    func update(policy: TargetPolicy, reversePolicy: TargetPolicy) {
+        settings.connector = settings.connector.with(policy: policy)
+        settings.reversePolicy = reversePolicy
+    }
+
     func attach(_ mux: MuxHandler) {
         self.mux = mux
         mux.delegate = self
@@ -47,6 +55,7 @@ final class ServerSession: MuxSessionDelegate {
 
     func muxSession(_ session: MuxHandler, didReceiveOpen stream: StreamID, request: MuxOpenRequest) {
         let logger = self.logger
+        let refusalLog = settings.refusalLog
         let target = request.target
         let idle = settings.udpIdleTimeout
         settings.connector.connect(target, kind: request.kind, on: session.eventLoop!).assumeIsolated().whenComplete { result in
@@ -58,8 +67,8 @@ final class ServerSession: MuxSessionDelegate {
             case .failure(let error):
                 let failure = (error as? TargetConnector.Failure)
                     ?? TargetConnector.Failure(code: .internalError, reason: "\(error)")
-                logger.info("stream refused: \(failure.reason)",
-                            metadata: ["stream": "\(stream)", "code": "\(failure.code)"])
+                refusalLog.log(logger, level: .info, "stream refused: \(failure.reason)",
+                               metadata: ["stream": "\(stream)", "code": "\(failure.code)"])
                 session.reject(stream, code: failure.code, reason: failure.reason)
             }
         }
@@ -74,7 +83,7 @@ final class ServerSession: MuxSessionDelegate {
             let why = settings.reversePolicy.patterns.isEmpty
                 ? "\(shown) is not allowed: the server has no --allow-reverse rule"
                 : "\(shown) is not allowed by the server's --allow-reverse rules"
-            logger.notice("reverse listener refused: \(why)")
+            settings.refusalLog.log(logger, "reverse listener refused: \(why)")
             session.reject(listener, code: .notAllowed, reason: why)
             return
         }

@@ -17,6 +17,11 @@ struct TargetConnector: Sendable {
     let connectTimeout: TimeAmount
     let channelOptions: TunnelChannelOptions
 
+    /// The same connector checking another policy (each session's identity has its own).
+    func with(policy: TargetPolicy) -> TargetConnector {
+        TargetConnector(policy: policy, connectTimeout: connectTimeout, channelOptions: channelOptions)
+    }
+
     struct Failure: Error {
         var code: ResetCode
         var reason: String

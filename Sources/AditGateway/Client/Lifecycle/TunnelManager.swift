@@ -23,6 +23,19 @@ final class TunnelManager: StreamOpener {
     private var retryTask: Scheduled<Void>?
     /// Accepts the server's reverse streams and asks for the listeners of `-R` on every tunnel.
     var reverseForwards: ReverseForwards?
+    /// Completed with the reason when dialling failed for good (credentials refused): the client stops; with nil
+    /// when the client stops for another reason.
+    let gaveUp: EventLoopPromise<String?>
+    private var gaveUpCompleted = false
+
+    private func completeGaveUp(_ reason: String?) {
+        guard !gaveUpCompleted else { return }
+        gaveUpCompleted = true
+        gaveUp.succeed(reason)
+    }
+
+    /// The client stops for another reason: whoever waits for a permanent failure stops waiting.
+    func stopWaitingForFailure() { completeGaveUp(nil) }
 
     private struct Session {
         var mux: MuxHandler?
@@ -53,6 +66,7 @@ final class TunnelManager: StreamOpener {
         settings.reconnectMinimum = configuration.reconnectMinimum
         settings.reconnectMaximum = configuration.reconnectMaximum
         self.lifecycle = TunnelLifecycle(settings: settings)
+        self.gaveUp = eventLoop.makePromise()
     }
 
     var hasOpenSessions: Bool { !lifecycle.liveSessions.isEmpty || sessions.values.contains { $0.mux != nil } }
@@ -69,6 +83,7 @@ final class TunnelManager: StreamOpener {
     }
 
     func stop() {
+        completeGaveUp(nil)
         retryTask?.cancel()
         retryTask = nil
         perform(lifecycle.stop())
@@ -178,6 +193,7 @@ final class TunnelManager: StreamOpener {
                 }
             case .failWaiting(let reason):
                 failWaiting(reason)
+                if case .failed = lifecycle.state { completeGaveUp(reason) }
             case .closeSession(let attempt):
                 sessions[attempt]?.mux?.closeTunnel()
             case .drainSessions(let attempts):
@@ -235,7 +251,8 @@ final class TunnelManager: StreamOpener {
             // Success continues in sessionReady, when the server's HELLO arrives.
             let manager = bound.value
             manager.forget(attempt)
-            manager.perform(manager.lifecycle.dialFailed(attempt, reason: dialer.describe(error)))
+            manager.perform(manager.lifecycle.dialFailed(attempt, reason: dialer.describe(error),
+                                                         permanent: dialer.isPermanent(error)))
         }
     }
 
