@@ -484,7 +484,7 @@ class Bench:
         """scheme ws or wss (then server_args/client_args carry the TLS flags)."""
         binp = self.cfg.adit_bin
         sport = free_port()
-        argv_s = [binp, "server", "--listen", "%s:%d" % (HOST, sport), "--allow", "*:*"]
+        argv_s = [binp, "server", "--listen", "%s:%d" % (HOST, sport), "--allow", "*:*", "--allow", "127.0.0.0/8:*"]
         argv_s += list(server_args) + shlex.split(os.environ.get("ADIT_SERVER_ARGS", ""))
         ps = self.procs.start("adit-server" + tag, argv_s)
         path.procs.append(ps)

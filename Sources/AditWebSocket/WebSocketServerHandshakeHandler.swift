@@ -36,18 +36,27 @@ public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, Remov
         case done
     }
 
+    private let onTimeout: (@Sendable () -> Void)?
+
     public init(routes: [WebSocketRoute], timeout: TimeAmount = .seconds(10), logger: Logger,
-                admit: @escaping AdmissionCallback) {
+                onTimeout: (@Sendable () -> Void)? = nil, admit: @escaping AdmissionCallback) {
         self.routes = routes
         self.timeout = timeout
         self.admit = admit
         self.logger = logger
+        self.onTimeout = onTimeout
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         let channel = context.channel
-        timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        let logger = self.logger
+        let onTimeout = self.onTimeout
+        let seconds = timeout.nanoseconds / 1_000_000_000
+        timer = context.eventLoop.scheduleTask(in: timeout) {
+            if let onTimeout { onTimeout() } else { logger.debug("no complete upgrade request within \(seconds) s") }
+            channel.close(promise: nil)
+        }
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {

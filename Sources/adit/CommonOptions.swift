@@ -59,9 +59,9 @@ struct TunnelOptions: ParsableArguments {
         valueName: "seconds"))
     var keepalive: Int = 30
 
-    @Option(name: .long, help: ArgumentHelp("Most streams one tunnel carries at once; more are refused with 'resource limit'. Example: --max-streams 1000",
+    @Option(name: .long, help: ArgumentHelp("Most streams one tunnel carries at once; more are refused with 'resource limit'. Defaults to 3/4 of the open-file limit (at most 65536), so one tunnel cannot take every descriptor. Example: --max-streams 1000",
                                             valueName: "n"))
-    var maxStreams: Int = 65_536
+    var maxStreams: Int?
 
     @Option(name: .long, help: ArgumentHelp(
         "Kernel socket buffer of the tunnel connection (SO_RCVBUF/SO_SNDBUF), or 'auto' for the kernel's autotuning. A fixed size caps what the kernel queues on the shared connection, and also the tunnel's throughput on long paths (at most size ÷ round-trip time). Example: --tunnel-buffer 1M",
@@ -84,14 +84,14 @@ struct TunnelOptions: ParsableArguments {
         guard keepalive >= 1 && keepalive <= 3600 else {
             throw ValidationError("--keepalive must be between 1 and 3600 seconds")
         }
-        guard maxStreams >= 1 else { throw ValidationError("--max-streams must be at least 1") }
+        if let maxStreams, maxStreams < 1 { throw ValidationError("--max-streams must be at least 1") }
     }
 
     var muxConfiguration: MuxConfiguration {
         var config = MuxConfiguration()
         config.initialWindow = UInt32(parseSize(window) ?? Int(config.initialWindow))
         config.keepaliveInterval = .seconds(Int64(keepalive))
-        config.maxConcurrentStreams = maxStreams
+        config.maxConcurrentStreams = maxStreams ?? defaultMaxStreams()
         return config
     }
 }
@@ -125,6 +125,14 @@ func tuneAllocator() {
 @_silgen_name("mallopt")
 func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
 #endif
+
+/// Streams per tunnel by default: three quarters of the open-file limit (each stream holds a descriptor), at
+/// most 65,536. One session once held 17,930 descriptors under the old fixed default.
+func defaultMaxStreams() -> Int {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 65_536 }
+    return max(64, min(65_536, Int(limit.rlim_cur) * 3 / 4))
+}
 
 /// Many idle streams need many descriptors: lift the soft limit to the hard one, as Go programs do.
 func raiseFileDescriptorLimit() {

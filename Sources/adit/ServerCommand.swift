@@ -7,7 +7,10 @@ struct ServerCommand: AsyncParsableCommand {
         commandName: "server",
         abstract: "Accept tunnels over WebSocket and connect their streams to allowed targets.",
         discussion: """
-            Every target is denied unless an --allow pattern matches it; the policy is checked on every stream. Plain HTTP requests get a short text answer; upgrades without the adit.v1 subprotocol get HTTP 400.
+            Every target is denied unless an --allow pattern matches it; the policy is checked on every stream. Loopback, link-local and cloud-metadata addresses need a rule that names them (`*:*` does not open them). Plain HTTP requests get a short text answer; upgrades without the adit.v1 subprotocol get HTTP 400.
+
+            Without --users anyone who can reach the port may use the tunnel; with a users file (`adit token NAME` makes entries) every tunnel needs a token, a password or a client certificate, checked before the upgrade is answered, and each user has targets of their own:
+              adit server --listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem --users users.yaml
 
             Examples:
               adit server --listen 0.0.0.0:8080 --allow 'localhost:22'
@@ -43,6 +46,22 @@ struct ServerCommand: AsyncParsableCommand {
         "Web page origin allowed to connect from a browser (repeatable), e.g. for a raw bridge's page. With --users, requests carrying any other Origin are refused. Example: --allow-origin https://portal.example.com",
         valueName: "origin"))
     var allowOrigin: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Most tunnels open at once; more are answered 429. Example: --max-sessions 5000",
+                                            valueName: "n"))
+    var maxSessions: Int = 10_000
+
+    @Option(name: .long, help: ArgumentHelp("Most tunnels open at once from one client address. Example: --max-sessions-per-address 20",
+                                            valueName: "n"))
+    var maxSessionsPerAddress: Int = 100
+
+    @Option(name: .long, help: ArgumentHelp("Most tunnels open at once for one user (a user's `limits.sessions` in the users file wins). Example: --max-sessions-per-user 10",
+                                            valueName: "n"))
+    var maxSessionsPerUser: Int = 100
+
+    @Option(name: .long, help: ArgumentHelp("Seconds a new connection has to send its whole upgrade request. Example: --handshake-timeout 5",
+                                            valueName: "seconds"))
+    var handshakeTimeout: Int = 10
 
     @Option(name: .long, help: ArgumentHelp("Seconds of silence after which a UDP flow is closed. Example: --udp-timeout 120",
                                             valueName: "seconds"))
@@ -102,6 +121,10 @@ struct ServerCommand: AsyncParsableCommand {
         guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout cannot be negative") }
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be between 1 and 256") }
         guard udpTimeout >= 1 && udpTimeout <= 86_400 else { throw ValidationError("--udp-timeout must be between 1 and 86400 seconds") }
+        guard maxSessions >= 1, maxSessionsPerAddress >= 1, maxSessionsPerUser >= 1 else {
+            throw ValidationError("--max-sessions, --max-sessions-per-address and --max-sessions-per-user must be at least 1")
+        }
+        guard handshakeTimeout >= 1 && handshakeTimeout <= 300 else { throw ValidationError("--handshake-timeout must be between 1 and 300 seconds") }
     }
 
     func run() async throws {
@@ -120,6 +143,8 @@ struct ServerCommand: AsyncParsableCommand {
             logger.warning("no --users file: anyone who can reach this port may open streams to the --allow targets; add users before exposing it")
         }
         config.allowedOrigins = allowOrigin.isEmpty ? nil : allowOrigin
+        config.sessionLimits = SessionLimits(total: maxSessions, perAddress: maxSessionsPerAddress, perUser: maxSessionsPerUser)
+        config.handshakeTimeout = .seconds(Int64(handshakeTimeout))
         config.udpIdleTimeout = .seconds(Int64(udpTimeout))
         config.mux = tunnel.muxConfiguration
         config.channelOptions.tunnelSocketBuffer = tunnel.tunnelSocketBuffer

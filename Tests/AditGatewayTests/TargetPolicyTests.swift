@@ -52,3 +52,47 @@ import Testing
         }
     }
 }
+
+/// Loopback, link-local and metadata addresses are never reached through a broad rule (issue 8).
+@Suite struct SecureDefaultTests {
+    func refusal(_ rules: [String], _ host: String, _ port: UInt16 = 80, name: String? = nil,
+                 kind: MuxStreamKind = .stream) throws -> String? {
+        try TargetPolicy.parse(rules).refusal(connecting: MuxTarget(hostText: host, port: port).host, port: port,
+                                              kind: kind, name: name)
+    }
+
+    @Test(arguments: ["127.0.0.1", "127.1.2.3", "0.0.0.0", "169.254.169.254", "169.254.1.1", "100.100.100.200",
+                      "::1", "::", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "::ffff:169.254.169.254"])
+    func broadRulesDoNotOpenSpecialAddresses(_ address: String) throws {
+        let why = try refusal(["*:*", "0.0.0.0/0:*", "[::/0]:*"], address)
+        #expect(why != nil, "\(address) must be refused under broad rules")
+    }
+
+    @Test func rulesThatNameThemDo() throws {
+        #expect(try refusal(["127.0.0.1:22"], "127.0.0.1", 22) == nil)
+        #expect(try refusal(["127.0.0.0/8:*"], "127.0.0.5") == nil)
+        #expect(try refusal(["[::1]:*"], "::1") == nil)
+        #expect(try refusal(["169.254.169.254:80"], "169.254.169.254") == nil)
+        // link-local as a whole does not name the metadata service inside it
+        #expect(try refusal(["169.254.0.0/16:*"], "169.254.169.254") != nil)
+        #expect(try refusal(["169.254.0.0/16:*"], "169.254.7.7") == nil)
+        // the exact name the client asked for names it
+        #expect(try refusal(["localhost:22"], "127.0.0.1", 22, name: "localhost") == nil)
+        // but a wildcard name rule does not (a name that resolves to loopback: DNS rebinding)
+        #expect(try refusal(["*.corp:*"], "127.0.0.1", name: "evil.corp") != nil)
+        #expect(try refusal(["*:*"], "127.0.0.1", name: "localhost") != nil)
+        // an ordinary address under a broad rule is fine
+        #expect(try refusal(["*:*"], "10.1.2.3") == nil)
+        #expect(try refusal(["*:*"], "2001:db8::1") == nil)
+    }
+
+    @Test func anIPv6RuleDoesNotReachAnIPv4HostThroughAMappedAddress() throws {
+        #expect(try refusal(["[::/0]:*"], "::ffff:10.1.2.3") != nil)
+        #expect(try refusal(["10.0.0.0/8:*"], "::ffff:10.1.2.3") == nil)
+    }
+
+    @Test func udpNeedsItsOwnRule() throws {
+        #expect(try refusal(["10.0.0.53:53"], "10.0.0.53", 53, kind: .datagram)?.contains("/udp") == true)
+        #expect(try refusal(["10.0.0.53:53/udp"], "10.0.0.53", 53, kind: .datagram) == nil)
+    }
+}

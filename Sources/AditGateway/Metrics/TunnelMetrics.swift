@@ -27,6 +27,19 @@ public final class TunnelMetrics: Sendable {
     private let resets = NIOLockedValueBox<[ResetCode: Counter]>([:])
     private let authFailures = NIOLockedValueBox<[String: Counter]>([:])
 
+    private let limitHits = NIOLockedValueBox<[String: Counter]>([:])
+
+    /// A limit was reached: sessions (total, per address, per user), streams, a handshake that took too long.
+    func limitHit(_ limit: String) {
+        let counter = limitHits.withLockedValue { counters in
+            if let existing = counters[limit] { return existing }
+            let counter = Counter(label: "adit_limit_hits_total", dimensions: [("limit", limit)])
+            counters[limit] = counter
+            return counter
+        }
+        counter.increment()
+    }
+
     /// A tunnel refused before its 101: `unauthorized` (no or wrong credentials) or `forbidden`.
     func authFailure(_ reason: String) {
         let counter = authFailures.withLockedValue { counters in

@@ -6,6 +6,9 @@ import AditMux
 /// `10.0.0.0/8:22` covers `db.internal:22` when it resolves there.
 public struct TargetPolicy: Sendable, CustomStringConvertible {
     public private(set) var patterns: [TargetPattern]
+    /// Loopback, link-local and metadata addresses pass a broad rule too: only for targets that come from the
+    /// client's own command line (its `-R`), never for what a peer asks.
+    private var opensSpecialAddresses = false
 
     public init(patterns: [TargetPattern]) {
         self.patterns = patterns
@@ -25,10 +28,14 @@ public struct TargetPolicy: Sendable, CustomStringConvertible {
     }
 
     /// Every target, TCP and UDP: for the client's own `-R` targets, which come from its command line.
-    static let allowingEverything = TargetPolicy(patterns: [
-        TargetPattern(host: .any, ports: nil, kind: .stream, text: "*:*"),
-        TargetPattern(host: .any, ports: nil, kind: .datagram, text: "*:*/udp"),
-    ])
+    static let allowingEverything: TargetPolicy = {
+        var policy = TargetPolicy(patterns: [
+            TargetPattern(host: .any, ports: nil, kind: .stream, text: "*:*"),
+            TargetPattern(host: .any, ports: nil, kind: .datagram, text: "*:*/udp"),
+        ])
+        policy.opensSpecialAddresses = true
+        return policy
+    }()
 
     /// Whether the target as named (name or literal address) is allowed.
     public func allows(_ target: MuxTarget, kind: MuxStreamKind = .stream) -> Bool {
@@ -38,6 +45,39 @@ public struct TargetPolicy: Sendable, CustomStringConvertible {
     /// Whether a resolved address of a named target is allowed by an address pattern.
     public func allows(address: MuxTarget.Host, port: UInt16, kind: MuxStreamKind = .stream) -> Bool {
         patterns.contains { $0.kind == kind && $0.matches(host: address, port: port) }
+    }
+
+    /// Why `address` (the one a stream would connect to; `name` when the client asked by name) may not be
+    /// reached, or nil when it may: a rule must match it by name or by address, and a loopback, link-local or
+    /// metadata address needs a rule that names it explicitly (a broad `*:*` is not enough).
+    package func refusal(connecting address: MuxTarget.Host, port: UInt16, kind: MuxStreamKind, name: String?) -> String? {
+        let address = address.normalized
+        let shown = MuxTarget(host: address, port: port)
+        let what = name.map { "\($0):\(port) (\(shown))" } ?? "\(shown)"
+        let rules = patterns.filter { $0.kind == kind && ($0.ports?.contains(port) ?? true) }
+        let byName = name.map { n in rules.contains { $0.matches(host: .name(n), port: port) } } ?? false
+        guard byName || rules.contains(where: { $0.matches(host: address, port: port) }) else {
+            return "\(what)\(kind == .datagram ? "/udp" : "") is not allowed by the server's --allow rules\(kind == .datagram ? " (UDP needs a /udp rule)" : "")"
+        }
+        guard !opensSpecialAddresses, let special = SpecialAddress.range(of: address) else { return nil }
+        let explicit = rules.contains { rule in
+            if let name, case .name(let n) = rule.host, n == name { return true }
+            return rule.names(address, within: special.host)
+        }
+        return explicit ? nil
+            : "\(what) is a \(special.category) address, which a broad rule does not open; allow it by name, e.g. --allow '\(shown)'"
+    }
+
+    /// Whether some rule could allow a name only after it is resolved (an address rule): if not, and no name rule
+    /// matches, the name is refused without a lookup.
+    func mayAllowAfterResolving(kind: MuxStreamKind) -> Bool {
+        patterns.contains { rule in
+            guard rule.kind == kind else { return false }
+            switch rule.host {
+            case .any, .ipv4, .ipv6: return true
+            case .name, .suffix: return false
+            }
+        }
     }
 
     public var description: String { patterns.map(\.description).joined(separator: ", ") }
@@ -135,6 +175,17 @@ public struct TargetPattern: Sendable, Equatable, CustomStringConvertible {
         (0..<16).map { i in
             let bits = max(0, min(8, prefix - i * 8))
             return bits == 0 ? 0 : bytes[i] & UInt8(truncatingIfNeeded: 0xFF << (8 - bits))
+        }
+    }
+
+    /// This rule matches `address` and lies inside `range` (a special range): it names the address on purpose,
+    /// rather than covering it by being broad.
+    func names(_ address: MuxTarget.Host, within range: HostRule) -> Bool {
+        guard matches(host: address, port: ports?.lowerBound ?? 1) else { return false }
+        switch (host, range) {
+        case (.ipv4(_, let prefix), .ipv4(_, let rangePrefix)): return prefix >= rangePrefix
+        case (.ipv6(_, let prefix), .ipv6(_, let rangePrefix)): return prefix >= rangePrefix
+        default: return false
         }
     }
 

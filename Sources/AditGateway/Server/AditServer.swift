@@ -28,6 +28,10 @@ public final class AditServer: Service, @unchecked Sendable {
         public var usersFile: String?
         /// `--allow-origin`: the web pages whose browsers may connect.
         public var allowedOrigins: [String]?
+        /// Tunnels at once: in all, per client address, per user.
+        public var sessionLimits = SessionLimits()
+        /// A client that has not finished its upgrade request by then is closed (slowloris).
+        public var handshakeTimeout: TimeAmount = .seconds(10)
         public var path = "/"
         public var mux = MuxConfiguration()
         public var channelOptions = TunnelChannelOptions()
@@ -63,6 +67,7 @@ public final class AditServer: Service, @unchecked Sendable {
     private let passwordFailures = NIOLockedValueBox(FailureThrottle())
     /// Refusals (of tunnels, streams, listeners) are logged at most a few a second: a peer cannot flood the log.
     let refusalLog = RateLimitedLog()
+    private let sessionCounter: SessionCounter
 
     struct SessionRecord {
         var mux: NIOLoopBound<MuxHandler>
@@ -82,6 +87,7 @@ public final class AditServer: Service, @unchecked Sendable {
         self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         self.ownsGroup = group == nil
         self.started = self.group.any().makePromise()
+        self.sessionCounter = SessionCounter(limits: configuration.sessionLimits)
         self.access = NIOLockedValueBox(AccessControl(directory: configuration.users.map(UserDirectory.init(users:)),
                                                       defaultPolicy: configuration.policy,
                                                       defaultReversePolicy: configuration.reversePolicy,
@@ -193,7 +199,16 @@ public final class AditServer: Service, @unchecked Sendable {
         }
         if let peer { logger[metadataKey: "peer"] = "\(peer)" }
         let sessionLogger = logger
-        try channel.pipeline.syncOperations.addHandler(WebSocketServerHandshakeHandler(routes: routes, logger: logger) {
+        let timeout = configuration.handshakeTimeout
+        let metrics = configuration.metrics
+        let refusalLog = self.refusalLog
+        let onTimeout: @Sendable () -> Void = {
+            refusalLog.log(sessionLogger, level: .info,
+                           "closing a connection that sent no complete upgrade request within \(timeout.nanoseconds / 1_000_000_000) s")
+            metrics?.limitHit("handshake_timeout")
+        }
+        try channel.pipeline.syncOperations.addHandler(WebSocketServerHandshakeHandler(
+            routes: routes, timeout: timeout, logger: logger, onTimeout: onTimeout) {
             [weak self] channel, head, upgrade, admission in
             guard let self else {
                 admission.refuse(.serviceUnavailable, "the server is shutting down")
@@ -214,6 +229,16 @@ public final class AditServer: Service, @unchecked Sendable {
             guard let self else { return }
             switch decision {
             case .admit(let identity):
+                let address = peer?.host ?? "?"
+                if let (limit, text) = self.sessionCounter.reserve(address: address, user: identity.name,
+                                                                   userLimit: identity.limits.sessions) {
+                    self.refusalLog.log(logger, "tunnel refused (429): \(text)")
+                    self.configuration.metrics?.limitHit("sessions_" + limit)
+                    admission.refuse(.tooManyRequests, text)
+                    return
+                }
+                let counter = self.sessionCounter
+                channel.closeFuture.whenComplete { _ in counter.release(address: address, user: identity.name) }
                 admission.accept { channel in
                     try self.install(channel, head: head, upgrade: upgrade, identity: identity, connector: connector, logger: logger)
                 }

@@ -27,45 +27,72 @@ struct TargetConnector: Sendable {
         var reason: String
     }
 
-    /// Connects a TCP stream, or a connected UDP socket for a datagram stream (names resolved first, so the
-    /// address checked is the one used).
-    func connect(_ target: MuxTarget, kind: MuxStreamKind = .stream, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
-        if kind == .datagram { return connectDatagram(target, on: eventLoop) }
-        if policy.allows(target) {
-            switch target.host {
-            case .name(let name):
-                return bootstrap(on: eventLoop).connect(host: name, port: Int(target.port))
-                    .flatMapErrorThrowing { throw classify($0, target: target) }
-            case .ipv4, .ipv6:
-                return connect(address: target.host, target: target, on: eventLoop)
-            }
-        }
-        guard case .name(let name) = target.host else {
-            return eventLoop.makeFailedFuture(Failure(code: .notAllowed, reason: "\(target) is not allowed by the server's --allow rules"))
-        }
-        // A name not allowed by name: allowed if it resolves to an allowed address. Connect to exactly the
-        // address that was checked, so a second lookup cannot be steered elsewhere.
+    /// Connects a TCP stream, or a connected UDP socket for a datagram stream. A name is resolved here, every
+    /// address it has is checked (loopback, link-local and metadata addresses need a rule that names them), and
+    /// the stream connects to exactly an address that passed — a second lookup cannot be steered elsewhere (DNS
+    /// rebinding). IPv4-mapped IPv6 addresses are their IPv4 hosts.
+    func connect(_ requested: MuxTarget, kind: MuxStreamKind = .stream, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let target = MuxTarget(host: requested.host.normalized, port: requested.port)
         let policy = self.policy
-        return NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { () throws -> MuxTarget.Host in
-            try TargetConnector.resolve(name)
-        }.flatMapErrorThrowing { error -> MuxTarget.Host in
-            throw Failure(code: .unreachable, reason: "\(name) did not resolve (\(error))")
-        }.flatMap { address -> EventLoopFuture<any Channel> in
-            guard policy.allows(address: address, port: target.port) else {
-                let shown = MuxTarget(host: address, port: target.port)
-                return eventLoop.makeFailedFuture(Failure(
-                    code: .notAllowed, reason: "\(target) (\(shown)) is not allowed by the server's --allow rules"))
+        switch target.host {
+        case .ipv4, .ipv6:
+            if let refusal = policy.refusal(connecting: target.host, port: target.port, kind: kind, name: nil) {
+                return eventLoop.makeFailedFuture(Failure(code: .notAllowed, reason: refusal))
             }
-            return self.connect(address: address, target: target, on: eventLoop)
+            return connect(to: [target.host], target: target, kind: kind, on: eventLoop)
+        case .name(let name):
+            let byName = policy.patterns.contains { $0.kind == kind && $0.matches(host: target.host, port: target.port) }
+            guard byName || policy.mayAllowAfterResolving(kind: kind) else {
+                return eventLoop.makeFailedFuture(Failure(
+                    code: .notAllowed, reason: policy.refusal(connecting: .name(name), port: target.port, kind: kind, name: nil)
+                        ?? "\(target) is not allowed by the server's --allow rules"))
+            }
+            return NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { () throws -> [MuxTarget.Host] in
+                try TargetConnector.resolveAll(name)
+            }.flatMapErrorThrowing { error -> [MuxTarget.Host] in
+                throw Failure(code: .unreachable, reason: "\(name) did not resolve (\(error))")
+            }.flatMap { addresses -> EventLoopFuture<any Channel> in
+                var allowed: [MuxTarget.Host] = []
+                var firstRefusal: String?
+                for address in addresses {
+                    if let refusal = policy.refusal(connecting: address, port: target.port, kind: kind, name: name) {
+                        firstRefusal = firstRefusal ?? refusal
+                    } else if !allowed.contains(address) {
+                        allowed.append(address)
+                    }
+                }
+                guard !allowed.isEmpty else {
+                    return eventLoop.makeFailedFuture(Failure(code: .notAllowed, reason: firstRefusal ?? "\(name) has no address"))
+                }
+                return self.connect(to: allowed, target: target, kind: kind, on: eventLoop)
+            }
         }
     }
 
-    private func connect(address: MuxTarget.Host, target: MuxTarget, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+    /// Tries the checked addresses in turn (the resolver's order), reporting the most telling failure.
+    private func connect(to addresses: [MuxTarget.Host], target: MuxTarget, kind: MuxStreamKind,
+                         on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let address = addresses[0]
+        let attempt: EventLoopFuture<any Channel>
         do {
-            return bootstrap(on: eventLoop).connect(to: try socketAddress(address, of: target))
-                .flatMapErrorThrowing { throw classify($0, target: target) }
+            let socketAddress = try self.socketAddress(address, of: target)
+            if kind == .datagram {
+                attempt = DatagramBootstrap(group: eventLoop)
+                    .channelOption(.autoRead, value: false)
+                    .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
+                    .connect(to: socketAddress)
+                    .map { $0 as any Channel }
+            } else {
+                attempt = bootstrap(on: eventLoop).connect(to: socketAddress)
+            }
         } catch {
-            return eventLoop.makeFailedFuture(error)
+            attempt = eventLoop.makeFailedFuture(error)
+        }
+        let rest = Array(addresses.dropFirst())
+        return attempt.flatMapError { error -> EventLoopFuture<any Channel> in
+            let failure = self.classify(error, target: target)
+            guard !rest.isEmpty, failure.code != .resourceLimit else { return eventLoop.makeFailedFuture(failure) }
+            return self.connect(to: rest, target: target, kind: kind, on: eventLoop)
         }
     }
 
@@ -78,49 +105,44 @@ struct TargetConnector: Sendable {
         }
     }
 
-    private func connectDatagram(_ target: MuxTarget, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
-        let policy = self.policy
-        let shownKind = "\(target)/udp"
-        let resolved: EventLoopFuture<MuxTarget.Host>
-        switch target.host {
-        case .ipv4, .ipv6:
-            resolved = eventLoop.makeSucceededFuture(target.host)
-        case .name(let name):
-            resolved = NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { () throws -> MuxTarget.Host in
-                try TargetConnector.resolve(name)
-            }.flatMapErrorThrowing { error -> MuxTarget.Host in
-                throw Failure(code: .unreachable, reason: "\(name) did not resolve (\(error))")
-            }
-        }
-        return resolved.flatMap { address -> EventLoopFuture<any Channel> in
-            guard policy.allows(target, kind: .datagram) || policy.allows(address: address, port: target.port, kind: .datagram) else {
-                return eventLoop.makeFailedFuture(Failure(
-                    code: .notAllowed, reason: "\(shownKind) is not allowed by the server's --allow rules (UDP needs a /udp rule)"))
-            }
-            let socketAddress: SocketAddress
-            do {
-                socketAddress = try self.socketAddress(address, of: target)
-            } catch {
-                return eventLoop.makeFailedFuture(error)
-            }
-            return DatagramBootstrap(group: eventLoop)
-                .channelOption(.autoRead, value: false)
-                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65_536))
-                .connect(to: socketAddress)
-                .map { $0 as any Channel }
-                .flatMapErrorThrowing { throw self.classify($0, target: target) }
-        }
-    }
-
     private func bootstrap(on eventLoop: any EventLoop) -> ClientBootstrap {
         channelOptions.apply(toEndpoint: ClientBootstrap(group: eventLoop))
             .connectTimeout(connectTimeout)
     }
 
-    static func resolve(_ name: String) throws -> MuxTarget.Host {
-        let address = try SocketAddress.makeAddressResolvingHost(name, port: 0)
-        guard let ip = address.ipAddress else { throw Failure(code: .unreachable, reason: "\(name) has no IP address") }
-        return MuxTarget(hostText: ip, port: 0).host
+    /// Every address of `name`, IPv4 and IPv6, in the resolver's order (blocking: run it on a thread pool).
+    static func resolveAll(_ name: String) throws -> [MuxTarget.Host] {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(name, nil, &hints, &list)
+        guard status == 0, let first = list else {
+            throw Failure(code: .unreachable, reason: String(cString: gai_strerror(status)))
+        }
+        defer { freeaddrinfo(list) }
+        var addresses: [MuxTarget.Host] = []
+        var entry: UnsafeMutablePointer<addrinfo>? = first
+        while let info = entry {
+            if let raw = info.pointee.ai_addr {
+                switch Int32(info.pointee.ai_family) {
+                case AF_INET:
+                    raw.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+                        addresses.append(.ipv4(UInt32(bigEndian: $0.pointee.sin_addr.s_addr)))
+                    }
+                case AF_INET6:
+                    raw.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) {
+                        var address = $0.pointee.sin6_addr
+                        let bytes = withUnsafeBytes(of: &address) { Array($0) }
+                        addresses.append(MuxTarget.Host.ipv6(bytes).normalized)
+                    }
+                default:
+                    break
+                }
+            }
+            entry = info.pointee.ai_next
+        }
+        guard !addresses.isEmpty else { throw Failure(code: .unreachable, reason: "\(name) has no IP address") }
+        return addresses
     }
 
     func classify(_ error: any Error, target: MuxTarget) -> Failure {
