@@ -24,6 +24,12 @@ public struct MuxConfiguration: Sendable {
     /// Bytes waiting above the tunnel socket (beyond what the kernel took) at which a peer that does not read is
     /// dropped. Data never gets there (the scheduler stops at the high-water mark); control replies could.
     public var maxUnreadBytes: Int = 4 << 20
+    /// Bytes the peer may have sent that our endpoints have not taken yet, over every stream, before new streams
+    /// are refused ("resource limit"). Each stream is bounded by its window already; this bounds how many
+    /// windows' worth a session can pile up by opening more streams.
+    public var maxBufferedBytes: Int = 256 << 20
+    /// A session with no stream and no listener for this long drains (GOAWAY); nil keeps idle sessions.
+    public var idleTimeout: TimeAmount?
     /// What we accept beyond the core protocol, announced in HELLO.
     public var features: MuxFeatures = []
 

@@ -41,6 +41,12 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var lastHeardFrom: NIODeadline = .now()
     /// Totals for metrics; read them on the event loop.
     public private(set) var statistics = MuxStatistics()
+    /// Bytes the peer sent that our endpoints have not taken yet, over every stream: past
+    /// `maxBufferedBytes` new streams are refused, so many streams cannot pile up unbounded memory.
+    public private(set) var bufferedBytes = 0
+    /// Since when the session carries no stream and no listener (for `idleTimeout`).
+    private var idleSince: NIODeadline?
+    private var idleCheck: Scheduled<Void>?
     /// Round-trip time of the last PING, for logs and metrics.
     public private(set) var lastRoundTrip: TimeAmount?
 
@@ -123,6 +129,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             request: request, endpoint: endpoint)
         stream.openPromise = promise
         streams[id] = stream
+        idleSince = nil
         statistics.streamsOpened += 1
         logger.debug("opening stream", metadata: ["stream": "\(id)", "target": "\(request)"])
         if session.peerHello != nil {
@@ -198,6 +205,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return nil
         }
         listeners[id] = Listener(request: request, local: true, promise: promise, established: false)
+        idleSince = nil
         if session.peerHello != nil {
             enqueueControl(.listen(id, request))
             scheduleFlush()
@@ -219,6 +227,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Ends a listener (ours or the peer's): the peer learns it by RESET. Streams it already opened go on.
     public func closeListener(_ id: StreamID, code: ResetCode = .closed, reason: String = "") {
         guard let listener = listeners.removeValue(forKey: id) else { return }
+        defer { noteIdleness() }
         enqueueControl(.reset(id, code, reason: reason))
         scheduleFlush()
         listener.promise?.fail(MuxStreamOpenError.reset(code, reason: reason))
@@ -251,6 +260,21 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard session.peerHello != nil, !session.isClosed, context != nil else { return }
         enqueueControl(.ping(UInt64(NIODeadline.now().uptimeNanoseconds)))
         scheduleFlush()
+    }
+
+    /// With `idleTimeout`, a session that carries nothing (no stream, no listener) for that long drains.
+    private func noteIdleness() {
+        guard let timeout = configuration.idleTimeout, let context, streams.isEmpty, listeners.isEmpty,
+            idleSince == nil, session.isReady
+        else { return }
+        let since = context.eventLoop.now
+        idleSince = since
+        idleCheck?.cancel()
+        idleCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: since + timeout) { [self] in
+            guard self.idleSince == since else { return }
+            self.logger.info("tunnel idle for \(timeout.nanoseconds / 1_000_000_000) s; closing it")
+            self.beginDrain(reason: "idle for \(timeout.nanoseconds / 1_000_000_000) s")
+        }
     }
 
     private func takeLocalStreamID() -> StreamID? {
@@ -450,7 +474,10 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         scheduleFlush()
-        if outcome == .ready { delegate?.muxSessionDidBecomeReady(self) }
+        if outcome == .ready {
+            delegate?.muxSessionDidBecomeReady(self)
+            noteIdleness()
+        }
     }
 
     /// Looks up a stream named by a frame. IDs never opened are a protocol error; IDs already gone are ignored.
@@ -476,6 +503,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func receivedData(_ stream: MuxStream, _ payload: ByteBuffer, fin: Bool) {
         switch stream.state.receivedData(length: payload.readableBytes, fin: fin) {
         case .deliver(let fin):
+            bufferedBytes += payload.readableBytes
             if stream.endpoint == nil {
                 stream.backlog.append(payload)
                 return
@@ -504,11 +532,15 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                               localInitialWindow: configuration.initialWindow, kind: request.kind),
             request: request, endpoint: nil)
         streams[id] = stream
+        idleSince = nil
         if !session.acceptsStreams {
             resetStream(stream, code: .resourceLimit, reason: "the \(role == .server ? "server" : "client") is shutting down")
         } else if streams.count > configuration.maxConcurrentStreams {
             resetStream(stream, code: .resourceLimit,
                         reason: "more than \(configuration.maxConcurrentStreams) streams open on this tunnel")
+        } else if bufferedBytes > configuration.maxBufferedBytes {
+            resetStream(stream, code: .resourceLimit,
+                        reason: "the tunnel holds \(bufferedBytes >> 20) MiB its targets have not read yet, its limit")
         } else if request.kind == .datagram && !configuration.features.contains(.datagrams) {
             resetStream(stream, code: .notAllowed, reason: "this side does not accept datagram streams")
         } else if let listener = request.listener {
@@ -546,6 +578,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         listeners[id] = Listener(request: request, local: false, promise: nil, established: false)
+        idleSince = nil
         if let delegate {
             delegate.muxSession(self, didReceiveListen: id, request: request)
         } else {
@@ -563,6 +596,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func receivedListenerReset(_ id: StreamID, _ listener: Listener, code: ResetCode, reason: String) {
+        defer { noteIdleness() }
         if let promise = listener.promise {
             promise.fail(MuxStreamOpenError.reset(code, reason: reason))
         } else if listener.established {
@@ -694,6 +728,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func endpointWriteCompleted(_ stream: MuxStream, count: Int, result: Result<Void, any Error>) {
         stream.writesInFlight -= count
         guard streams[stream.id] === stream, !stream.state.isClosed else { return }
+        bufferedBytes -= count
         switch result {
         case .success:
             if let increment = stream.state.consumed(count) {
@@ -775,6 +810,9 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func removeStream(_ stream: MuxStream, endpoint disposition: EndpointDisposition) {
         guard streams[stream.id] === stream else { return }
         streams[stream.id] = nil
+        // What it held unread is no longer the session's (the writes still in flight complete on a gone stream).
+        bufferedBytes -= stream.state.receiveWindow.unconsumed
+        noteIdleness()
         scheduler.remove(stream.id)
         stream.outbound.removeAll()
         stream.outboundBytes = 0
@@ -968,6 +1006,8 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard session.close() else { return }
         keepaliveTask?.cancel()
         keepaliveTask = nil
+        idleCheck?.cancel()
+        idleCheck = nil
         let all = Array(streams.values)
         streams.removeAll()
         let allListeners = listeners

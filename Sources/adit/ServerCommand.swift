@@ -59,6 +59,10 @@ struct ServerCommand: AsyncParsableCommand {
                                             valueName: "n"))
     var maxSessionsPerUser: Int = 100
 
+    @Option(name: .long, help: ArgumentHelp("Close a tunnel that has carried no stream and no -R listener for this many seconds (off by default: a client with nothing open keeps its tunnel). Example: --idle-timeout 600",
+                                            valueName: "seconds"))
+    var idleTimeout: Int?
+
     @Option(name: .long, help: ArgumentHelp("Seconds a new connection has to send its whole upgrade request. Example: --handshake-timeout 5",
                                             valueName: "seconds"))
     var handshakeTimeout: Int = 10
@@ -124,6 +128,7 @@ struct ServerCommand: AsyncParsableCommand {
         guard maxSessions >= 1, maxSessionsPerAddress >= 1, maxSessionsPerUser >= 1 else {
             throw ValidationError("--max-sessions, --max-sessions-per-address and --max-sessions-per-user must be at least 1")
         }
+        if let idleTimeout, idleTimeout < 1 { throw ValidationError("--idle-timeout must be at least 1 second") }
         guard handshakeTimeout >= 1 && handshakeTimeout <= 300 else { throw ValidationError("--handshake-timeout must be between 1 and 300 seconds") }
     }
 
@@ -147,6 +152,7 @@ struct ServerCommand: AsyncParsableCommand {
         config.handshakeTimeout = .seconds(Int64(handshakeTimeout))
         config.udpIdleTimeout = .seconds(Int64(udpTimeout))
         config.mux = tunnel.muxConfiguration
+        config.mux.idleTimeout = idleTimeout.map { .seconds(Int64($0)) }
         config.channelOptions.tunnelSocketBuffer = tunnel.tunnelSocketBuffer
         config.connectTimeout = .seconds(Int64(connectTimeout))
         config.drainTimeout = .seconds(Int64(drainTimeout))

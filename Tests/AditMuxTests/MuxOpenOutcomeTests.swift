@@ -150,3 +150,87 @@ final class AbortRecorder: ChannelOutboundHandler {
         context.close(mode: mode, promise: promise)
     }
 }
+
+@Suite struct MuxSessionLimitTests {
+    let target = MuxTarget(hostText: "10.1.2.3", port: 80)
+
+    /// Bytes the targets have not taken count against the session: past the budget new streams are refused,
+    /// and once they are read the session takes streams again.
+    @Test func unreadBytesOverTheBudgetRefuseNewStreamsUntilRead() throws {
+        var config = MuxConfiguration()
+        config.maxBufferedBytes = 100 << 10
+        var pair = try MuxPair(configuration: config)
+        let (a, _) = try pair.endpoint()
+        let stalled = try pair.endpoint().0
+        let writes = StallingWrites()
+        try stalled.pipeline.syncOperations.addHandler(writes, position: .first)
+        pair.serverDelegate.decision = { session, id, _ in session.accept(id, endpoint: stalled) }
+        try pair.clientMux.openStream(to: target, endpoint: a)
+        try a.writeInbound(ByteBuffer(repeating: 1, count: 200 << 10))
+        try pair.pump()
+        #expect(pair.serverMux.bufferedBytes == 200 << 10)
+        let (b, _) = try pair.endpoint()
+        let promise = pair.loop.makePromise(of: Void.self)
+        var failure: MuxStreamOpenError?
+        promise.futureResult.assumeIsolated().whenFailure { failure = $0 as? MuxStreamOpenError }
+        pair.clientMux.openStream(MuxOpenRequest(target: target), endpoint: ChannelStreamEndpoint(b), promise: promise)
+        try pair.pump()
+        guard case .reset(.resourceLimit, let reason) = failure else { Issue.record("expected resource limit, got \(String(describing: failure))"); return }
+        #expect(reason.contains("not read"))
+        writes.release()
+        try pair.pump()
+        #expect(pair.serverMux.bufferedBytes == 0)
+        let (c, _) = try pair.endpoint()
+        let again = pair.loop.makePromise(of: Void.self)
+        var opened = false
+        again.futureResult.assumeIsolated().whenSuccess { opened = true }
+        let (d, _) = try pair.endpoint()
+        pair.serverDelegate.decision = { session, id, _ in session.accept(id, endpoint: d) }
+        pair.clientMux.openStream(MuxOpenRequest(target: target), endpoint: ChannelStreamEndpoint(c), promise: again)
+        try pair.pump()
+        #expect(opened)
+    }
+
+    @Test func anIdleSessionDrainsAfterItsTimeout() throws {
+        var config = MuxConfiguration()
+        config.idleTimeout = .seconds(5)
+        var pair = try MuxPair(configuration: config)
+        let (a, _) = try pair.endpoint()
+        let (b, _) = try pair.endpoint()
+        pair.serverDelegate.decision = { session, id, _ in session.accept(id, endpoint: b) }
+        try pair.clientMux.openStream(to: target, endpoint: a)
+        try pair.pump()
+        pair.loop.advanceTime(by: .seconds(10))
+        #expect(!pair.serverMux.isClosed)  // a stream is open: not idle
+        try a.close().wait()
+        try pair.pump()
+        pair.loop.advanceTime(by: .seconds(4))
+        try pair.pump()
+        #expect(!pair.serverMux.isClosed)
+        pair.loop.advanceTime(by: .seconds(2))
+        try pair.pump()
+        #expect(pair.serverMux.isClosed)
+        #expect(pair.serverDelegate.closed)
+    }
+}
+
+/// Holds every write until released, as a target that stopped reading.
+final class StallingWrites: ChannelOutboundHandler {
+    typealias OutboundIn = Any
+    private var held: [(NIOAny, EventLoopPromise<Void>?)] = []
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        held.append((data, promise))
+    }
+
+    func release() {
+        guard let context else { return }
+        let all = held
+        held = []
+        for (data, promise) in all { context.write(data, promise: promise) }
+        context.flush()
+    }
+}
