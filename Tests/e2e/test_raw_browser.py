@@ -82,14 +82,16 @@ class Chromium:
         except (ProcessLookupError, PermissionError):
             pass
         try:
-            self.popen.wait(timeout=10)
+            self.popen.wait(timeout=H.scaled(10))
         except subprocess.TimeoutExpired:
             pass
         with H._live_lock:
             H._live_procs.pop(self.popen.pid, None)
 
     def run(self, timeout: float) -> str:
-        """Run to the end; return its stdout (the dumped DOM). Stderr (D-Bus noise and the like) goes to the log."""
+        """Run to the end; return its stdout (the dumped DOM). Stderr (D-Bus noise and the like) goes to the log.
+        `timeout` is scaled."""
+        timeout = H.scaled(timeout)
         with open(self.log_path, "wb") as err:
             err.write(f"### {' '.join(self.argv)}\n".encode())
             err.flush()
@@ -116,7 +118,7 @@ def run_page(www_port: int, tmp_path: Path, **params) -> dict:
     profile = tmp_path / f"chromium-profile-{_runs}"     # fresh every run: no cache, no state
     url = f"http://127.0.0.1:{www_port}/raw_ws.html?" + urllib.parse.urlencode(params)
     argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-proxy-server",
-            f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", url]
+            f"--user-data-dir={profile}", f"--virtual-time-budget={int(H.scaled(5000))}", "--dump-dom", url]
     chromium = Chromium(f"chromium-{_runs}", argv, tmp_path / f"chromium-{_runs}.log")
     try:
         dom = chromium.run(timeout=30)
@@ -240,3 +242,29 @@ def test_chromium_unsupported_subprotocol_is_refused(adit, targets, www, tmp_pat
     assert "status=400" in line and "uri=/echo" in line, line
     assert not server.log_lines_matching("raw bridge opened")
     assert echo.accepted == 0
+
+
+@pytest.mark.deadline(60)
+def test_a_browser_page_needs_its_origin_listed_and_a_token(adit, adit_bin, targets, www, tmp_path):
+    """Issue 8 in a real browser: with users configured, a page may use the raw bridge only when --allow-origin
+    lists it and it presents a token as a subprotocol (it cannot set Authorization)."""
+    from test_identities import make_token, users_file
+    echo = targets.echo()
+    token, digest = make_token(adit_bin, "page")
+    users = users_file(tmp_path / "users.yaml", [{"name": "page", "token": digest}])
+    page_origin = f"http://127.0.0.1:{www}"
+    listed = raw_server(adit, echo.port, ["--users", str(users), "--allow-origin", page_origin])
+    unlisted = raw_server(adit, echo.port, ["--users", str(users), "--allow-origin", "https://portal.example"])
+    small = {"json": 1024, "random": 0, "text": 0}
+    ok = run_page(www, tmp_path, url=f"{listed.url}/echo", proto=f"binary,adit.bearer.{token}", **small)
+    assert ok.get("result") == "OK", ok
+    assert ok.get("protocol") == "binary", "the token is never selected as the subprotocol"
+    listed.wait_for_log("user=page", timeout=5)
+    no_token = run_page(www, tmp_path, url=f"{listed.url}/echo", proto="binary", **small)
+    assert no_token.get("result") != "OK", no_token
+    listed.wait_for_log("tunnel refused (401)", timeout=5)
+    wrong_origin = run_page(www, tmp_path, url=f"{unlisted.url}/echo", proto=f"binary,adit.bearer.{token}", **small)
+    assert wrong_origin.get("result") != "OK", wrong_origin
+    line = unlisted.wait_for_log("tunnel refused (403)", timeout=5)
+    assert page_origin in line, line
+    assert echo.accepted == 1, "only the admitted page reached the target"

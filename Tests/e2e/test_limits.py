@@ -1,0 +1,85 @@
+"""Limits (issue 8), each hit and recovered: tunnels per client address and per user (429 before the 101),
+the handshake timeout against a slow client, and an idle tunnel closed by --idle-timeout."""
+
+import base64
+import os
+import socket
+import time
+import urllib.request
+
+import pytest
+
+import e2e_helpers as H
+from test_identities import make_token, raw_upgrade, users_file
+
+
+def scrape(port):
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in body.splitlines() if ln and not ln.startswith("#")}
+
+
+@pytest.mark.deadline(60)
+def test_tunnels_per_address_are_limited_and_the_slot_comes_back(adit, targets):
+    echo = targets.echo()
+    metrics = H.free_port()
+    server = adit.server([f"127.0.0.1:{echo.port}"], extra=["--max-sessions-per-address", "2",
+                                                            "--metrics", f"127.0.0.1:{metrics}"])
+    first = [adit.client(server.url, [(p, "127.0.0.1", echo.port)]) for p in (H.free_port(), H.free_port())]
+    server.wait_for_log("tunnel opened", timeout=10)
+    H.wait_until(lambda: len(server.log_lines_matching("tunnel opened")) == 2, 10, what="two tunnels")
+    status, head = raw_upgrade(server.port, [("Sec-WebSocket-Protocol", "adit.v1")])
+    assert " 429 " in status, status
+    server.wait_for_log("tunnel refused (429)", timeout=5)
+    assert scrape(metrics).get('adit_limit_hits_total{limit="sessions_per_address"}', 0) >= 1
+    first[0].stop()
+    H.wait_until(lambda: " 101 " in raw_upgrade(server.port, [("Sec-WebSocket-Protocol", "adit.v1")])[0], 10,
+                 what="a slot to come back after a tunnel closed")
+
+
+@pytest.mark.deadline(60)
+def test_a_users_own_session_limit(adit, adit_bin, targets, tmp_path):
+    echo = targets.echo()
+    token, digest = make_token(adit_bin, "alice")
+    path = tmp_path / "users.yaml"
+    users_file(path, [{"name": "alice", "token": digest}])
+    path.write_text(path.read_text() + "    limits: { sessions: 1 }\n")
+    server = adit.server([f"127.0.0.1:{echo.port}"], extra=["--users", str(path)])
+    auth = [("Sec-WebSocket-Protocol", "adit.v1"), ("Authorization", f"Bearer {token}")]
+    s = socket.create_connection(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: adit.v1\r\nAuthorization: Bearer {token}\r\n\r\n").encode())
+    assert b" 101 " in s.recv(4096)
+    status, _ = raw_upgrade(server.port, auth)
+    assert " 429 " in status, status
+    assert "alice" in server.wait_for_log("tunnel refused (429)", timeout=5)
+    s.close()
+    H.wait_until(lambda: " 101 " in raw_upgrade(server.port, auth)[0], 10, what="alice's slot to come back")
+
+
+@pytest.mark.deadline(60)
+def test_a_slow_client_is_cut_at_the_handshake_timeout(adit, targets):
+    metrics = H.free_port()
+    server = adit.server(["127.0.0.1:9"], extra=["--handshake-timeout", "1", "--metrics", f"127.0.0.1:{metrics}"])
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: slow\r\n")   # and never the rest
+    H.wait_closed(s, timeout=H.scaled(10))
+    server.wait_for_log("no complete upgrade request within 1 s", timeout=5)
+    H.wait_until(lambda: scrape(metrics).get('adit_limit_hits_total{limit="handshake_timeout"}', 0) >= 1, 10,
+                 what="the handshake-timeout counter")
+
+
+@pytest.mark.deadline(60)
+def test_an_idle_tunnel_is_closed_and_the_client_comes_back_when_needed(adit, targets):
+    echo = targets.echo()
+    server = adit.server([f"127.0.0.1:{echo.port}"], extra=["--idle-timeout", "2"])
+    local = H.free_port()
+    client = adit.client(server.url, [(local, "127.0.0.1", echo.port)])
+    H.wait_tunnel_ready(local, timeout=15, proc=client)
+    server.wait_for_log("tunnel idle for 2 s", timeout=15)
+    client.wait_for_log("the server is draining the tunnel", timeout=10)
+    # a new connection still goes through (the client dialled a new tunnel)
+    with H.connect_local(local) as s:
+        s.settimeout(10)
+        s.sendall(b"after idle")
+        assert H.recv_exactly(s, 10) == b"after idle"
