@@ -12,8 +12,14 @@ public struct MuxConfiguration: Sendable {
     public var quantum: Int = 16 << 10
     /// Bytes read from a local connection and not yet framed, per stream, above which we stop reading it.
     public var streamReadHighWater: Int = 256 << 10
-    /// Send a PING when the peer has been silent this long; give up after three silent intervals.
-    public var keepaliveInterval: TimeAmount = .seconds(30)
+    /// A PING goes out this often (silent or not: it keeps NAT and proxy state alive and measures the round trip).
+    public var keepaliveInterval: TimeAmount = .seconds(15)
+    /// A peer that sends nothing for this long after a PING is dead: the tunnel closes (and the client redials).
+    /// A dead tunnel is found within interval + timeout.
+    public var keepaliveTimeout: TimeAmount = .seconds(10)
+    /// A stream we opened that gets neither OPEN_OK nor RESET within this long fails as "timed out" (checked at
+    /// each keepalive tick).
+    public var openTimeout: TimeAmount = .seconds(30)
     /// Streams open at once, each direction together; more are reset with "resource limit".
     public var maxConcurrentStreams: Int = 65_536
     /// Listeners the peer may ask us to hold at once (LISTEN), when we announce `.reverse`.

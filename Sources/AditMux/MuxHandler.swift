@@ -38,6 +38,8 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var dirtyEndpoints: [MuxStream] = []
 
     private var keepaliveTask: RepeatedTask?
+    private var keepaliveCheck: Scheduled<Void>?
+    private var lastPingSentAt: NIODeadline?
     private var lastHeardFrom: NIODeadline = .now()
     /// Totals for metrics; read them on the event loop.
     public private(set) var statistics = MuxStatistics()
@@ -134,6 +136,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         logger.debug("opening stream", metadata: ["stream": "\(id)", "target": "\(request)"])
         if session.peerHello != nil {
             enqueueControl(.open(id, request))
+            stream.openedAt = context.eventLoop.now
             scheduleFlush()
         } else {
             waitingForHello.append(id)
@@ -459,6 +462,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 stream.state = .opening(peerInitialWindow: hello.initialWindow,
                                         localInitialWindow: configuration.initialWindow, kind: stream.request.kind)
                 enqueueControl(.open(id, stream.request))
+                stream.openedAt = context?.eventLoop.now ?? .now()
                 requestReadIfPossible(stream)
             } else if let listener = listeners[id] {
                 if outcome == .draining || !hello.features.contains(.reverse)
@@ -975,15 +979,45 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func keepaliveTick() {
         guard !session.isClosed, let context else { return }
-        let silence = context.eventLoop.now - lastHeardFrom
-        if silence >= configuration.keepaliveInterval * 3 {
-            logger.warning("tunnel peer silent for \(silence.nanoseconds / 1_000_000_000) s; closing the tunnel")
-            teardown(error: MuxSessionError.keepaliveTimeout)
-            context.close(promise: nil)
-        } else {
-            // Every interval, silent or not: keeps NAT and proxy state alive and measures the round trip.
-            ping()
+        let now = context.eventLoop.now
+        failUnansweredOpens(now: now)
+        // Every interval, silent or not: keeps NAT and proxy state alive and measures the round trip. The peer
+        // must be heard from (anything counts) within the timeout after the PING.
+        ping()
+        lastPingSentAt = now
+        if keepaliveCheck == nil { scheduleKeepaliveCheck(forPingSentAt: now, context: context) }
+    }
+
+    /// One check at a time, for the oldest PING not yet followed by anything from the peer: with a timeout
+    /// longer than the interval, rescheduling on every PING would postpone the verdict forever.
+    private func scheduleKeepaliveCheck(forPingSentAt sentAt: NIODeadline, context: ChannelHandlerContext) {
+        keepaliveCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: sentAt + configuration.keepaliveTimeout) { [self] in
+            self.keepaliveCheck = nil
+            guard !self.session.isClosed, let context = self.context else { return }
+            if self.lastHeardFrom < sentAt {
+                let silence = context.eventLoop.now - self.lastHeardFrom
+                self.logger.warning("tunnel peer silent for \(Self.seconds(silence)), \(Self.seconds(self.configuration.keepaliveTimeout)) after a keepalive ping; closing the tunnel")
+                self.teardown(error: MuxSessionError.keepaliveTimeout)
+                context.close(promise: nil)
+            } else if let latest = self.lastPingSentAt, latest > sentAt, self.lastHeardFrom < latest {
+                self.scheduleKeepaliveCheck(forPingSentAt: latest, context: context)
+            }
         }
+    }
+
+    /// Our opens that got no answer in time fail as "timed out" (the peer is alive, but this stream's answer is
+    /// lost or stuck), so their users are not left hanging.
+    private func failUnansweredOpens(now: NIODeadline) {
+        for stream in Array(streams.values) where stream.state.phase == .awaitingOpenOK
+            && now - stream.openedAt >= configuration.openTimeout {
+            resetStream(stream, code: .timedOut,
+                        reason: "no answer from the tunnel's peer within \(Self.seconds(configuration.openTimeout))")
+        }
+    }
+
+    static func seconds(_ t: TimeAmount) -> String {
+        let s = Double(t.nanoseconds) / 1e9
+        return s < 10 ? "\((s * 10).rounded() / 10) s" : "\(Int(s)) s"
     }
 
     private func failSession(_ error: MuxProtocolError) {
@@ -992,7 +1026,11 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         enqueueControl(.goAway(lastStreamID: highestRemoteStreamID, code: .protocolError, reason: error.detail))
         flushOutbound()
         teardown(error: error)
-        context.close(promise: nil)
+        // The carrier says "protocol error" in its own terms (WebSocket: 1002); one that cannot is simply closed.
+        let channel = context.channel
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.whenFailure { _ in channel.close(promise: nil) }
+        context.triggerUserOutboundEvent(TunnelCloseRequest(.protocolError, detail: error.detail), promise: promise)
     }
 
     private func closeIfDrained() {
@@ -1006,6 +1044,8 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard session.close() else { return }
         keepaliveTask?.cancel()
         keepaliveTask = nil
+        keepaliveCheck?.cancel()
+        keepaliveCheck = nil
         idleCheck?.cancel()
         idleCheck = nil
         let all = Array(streams.values)

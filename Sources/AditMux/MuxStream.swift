@@ -10,6 +10,8 @@ final class MuxStream {
     var endpoint: (any MuxStreamEndpoint)?
     /// Completed by OPEN_OK, failed by RESET or the session's end, for streams we open.
     var openPromise: EventLoopPromise<Void>?
+    /// When we sent OPEN (streams we open), for the open timeout.
+    var openedAt: NIODeadline = .now()
 
     /// Bytes read from the endpoint, not yet framed (datagram streams: one datagram per element).
     var outbound = CircularBuffer<ByteBuffer>(initialCapacity: 2)

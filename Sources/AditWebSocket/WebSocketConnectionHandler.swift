@@ -183,7 +183,11 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
                     throw WebSocketProtocolError(.protocolError, "close code \(raw) is not allowed on the wire")
                 }
             }
-            let reason = payload.readString(length: payload.readableBytes) ?? ""
+            guard let reasonBytes = payload.readBytes(length: payload.readableBytes),
+                let reason = String(validating: reasonBytes, as: UTF8.self)
+            else {
+                throw WebSocketProtocolError(.invalidPayload, "a close reason that is not UTF-8")
+            }
             logger.debug("peer closed the WebSocket", metadata: ["code": "\(code?.description ?? "none")", "reason": "\(reason)"])
             perform(closing.receivedClose(code: code), context: context)
         }
@@ -259,6 +263,16 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
         if let request = event as? WebSocketCloseRequest {
             if let promise { pendingClosePromises.append(promise) }
             perform(closing.closeRequested(code: request.code, reason: request.reason), context: context)
+        } else if let request = event as? TunnelCloseRequest {
+            let code: WebSocketCloseCode
+            switch request.reason {
+            case .normal: code = .normal
+            case .protocolError: code = .protocolError
+            case .goingAway: code = .goingAway
+            }
+            if let promise { pendingClosePromises.append(promise) }
+            // Close reasons are limited to 123 bytes of UTF-8.
+            perform(closing.closeRequested(code: code, reason: String(request.detail.utf8.prefix(120)) ?? ""), context: context)
         } else {
             context.triggerUserOutboundEvent(event, promise: promise)
         }

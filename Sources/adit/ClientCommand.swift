@@ -91,6 +91,10 @@ struct ClientCommand: AsyncParsableCommand {
         valueName: "seconds"))
     var waitForTunnel: Int = 10
 
+    @Option(name: .long, help: ArgumentHelp("Seconds open streams may take to finish after SIGTERM/SIGINT (a second signal exits at once). Example: --drain-timeout 5",
+                                            valueName: "seconds"))
+    var drainTimeout: Int = 30
+
     @Option(name: .long, help: ArgumentHelp("Seconds of silence after which a UDP flow (one local sender) is closed. Example: --udp-timeout 120",
                                             valueName: "seconds"))
     var udpTimeout: Int = 60
@@ -196,6 +200,7 @@ struct ClientCommand: AsyncParsableCommand {
             throw ValidationError("--wait-for-tunnel must be between 0 and 3600 seconds")
         }
         guard udpTimeout >= 1 && udpTimeout <= 86_400 else { throw ValidationError("--udp-timeout must be between 1 and 86400 seconds") }
+        guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout cannot be negative") }
     }
 
     func stdioTarget(_ text: String) throws(ConfigurationError) -> MuxTarget {
@@ -298,6 +303,7 @@ struct ClientCommand: AsyncParsableCommand {
         config.localCredentials = try localCredentials()
         config.waitForTunnel = .seconds(Int64(waitForTunnel))
         config.udpIdleTimeout = .seconds(Int64(udpTimeout))
+        config.drainTimeout = .seconds(Int64(drainTimeout))
         config.compression = compression.settings
         config.tls = tls.settings
         let (route, why) = try proxyRoute()

@@ -55,9 +55,14 @@ struct TunnelOptions: ParsableArguments {
     var window: String = "4M"
 
     @Option(name: .long, help: ArgumentHelp(
-        "Send a keepalive PING after this many seconds of silence; the tunnel is declared dead after three silent intervals. Example: --keepalive 10",
+        "Send a keepalive PING every this many seconds (it keeps NAT and proxy state alive and measures the round trip). Example: --keepalive 10",
         valueName: "seconds"))
-    var keepalive: Int = 30
+    var keepalive: Int = 15
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Seconds the peer has to send anything after a keepalive PING before the tunnel is declared dead (and the client redials): a dead tunnel is found within --keepalive + this. Example: --keepalive-timeout 5",
+        valueName: "seconds"))
+    var keepaliveTimeout: Int = 10
 
     @Option(name: .long, help: ArgumentHelp("Most streams one tunnel carries at once; more are refused with 'resource limit'. Defaults to 3/4 of the open-file limit (at most 65536), so one tunnel cannot take every descriptor. Example: --max-streams 1000",
                                             valueName: "n"))
@@ -84,6 +89,9 @@ struct TunnelOptions: ParsableArguments {
         guard keepalive >= 1 && keepalive <= 3600 else {
             throw ValidationError("--keepalive must be between 1 and 3600 seconds")
         }
+        guard keepaliveTimeout >= 1 && keepaliveTimeout <= 3600 else {
+            throw ValidationError("--keepalive-timeout must be between 1 and 3600 seconds")
+        }
         if let maxStreams, maxStreams < 1 { throw ValidationError("--max-streams must be at least 1") }
     }
 
@@ -91,6 +99,7 @@ struct TunnelOptions: ParsableArguments {
         var config = MuxConfiguration()
         config.initialWindow = UInt32(parseSize(window) ?? Int(config.initialWindow))
         config.keepaliveInterval = .seconds(Int64(keepalive))
+        config.keepaliveTimeout = .seconds(Int64(keepaliveTimeout))
         config.maxConcurrentStreams = maxStreams ?? defaultMaxStreams()
         return config
     }
@@ -175,6 +184,8 @@ func runService(_ service: some Service & Sendable, extra: [any Service] = [], l
             + extra.map { .init(service: $0) },
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: Logger(label: "adit.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })))
+    let impatience = SecondSignalExit(logger: logger)
+    defer { impatience.cancel() }
     do {
         try await group.run()
     } catch let error as ConfigurationError {
@@ -186,6 +197,36 @@ func runService(_ service: some Service & Sendable, extra: [any Service] = [], l
         logger.error("\(error)")
         throw ExitCode(1)
     }
+}
+
+/// The first SIGTERM/SIGINT drains (the service group handles it); a second one means "now": the user pressed
+/// Ctrl-C again, or a supervisor gave up waiting. The service group only counts the first, so this counts too
+/// (a signal source of our own alongside the group's; both see every signal).
+final class SecondSignalExit: @unchecked Sendable {
+    private let sources: [any DispatchSourceSignal]
+    private let queue = DispatchQueue(label: "adit.second-signal")
+    private var seen = 0
+
+    init(logger: Logger) {
+        var sources: [any DispatchSourceSignal] = []
+        for number in [SIGINT, SIGTERM] {
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            sources.append(source)
+        }
+        self.sources = sources
+        for source in sources {
+            source.setEventHandler { [unowned self] in
+                self.seen += Int(source.data)
+                if self.seen >= 2 {
+                    logger.warning("second signal: exiting now without waiting for open streams")
+                    exit(1)
+                }
+            }
+            source.resume()
+        }
+    }
+
+    func cancel() { sources.forEach { $0.cancel() } }
 }
 
 import Metrics

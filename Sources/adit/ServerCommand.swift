@@ -20,7 +20,7 @@ struct ServerCommand: AsyncParsableCommand {
             Raw WebSocket bridges (websockify-compatible, for browsers and other WebSocket clients; one TCP connection per WebSocket, binary messages, subprotocol 'binary' or none, same --allow policy):
               adit server --listen 0.0.0.0:8080 --raw /vnc=127.0.0.1:5900 --allow 127.0.0.1:5900
 
-            SIGTERM or SIGINT drains: open streams finish (up to --drain-timeout), new ones are refused.
+            SIGTERM or SIGINT drains: open streams finish (up to --drain-timeout), new ones are refused; a second signal exits at once.
             """)
 
     @Option(name: .long, help: ArgumentHelp("Address and port to accept tunnels on (IPv6 in brackets). Example: --listen 0.0.0.0:8080",

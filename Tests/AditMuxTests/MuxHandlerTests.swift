@@ -390,22 +390,55 @@ extension EmbeddedChannel {
 
     @Test func keepalivePingsAndASilentPeerEndsTheSession() throws {
         var config = MuxConfiguration()
-        config.keepaliveInterval = .seconds(1)
-        let pair = try MuxPair(configuration: config)
-        // One interval: a PING goes out.
-        pair.loop.advanceTime(by: .seconds(1))
-        var pings = 0
-        while let parts = try pair.client.readOutbound(as: TunnelMessage.self) {
-            var message = parts.joined()
-            while let frame = try MuxFrameCodec.decode(from: &message) {
-                if case .ping = frame { pings += 1 }
-            }
-        }
-        #expect(pings == 1)
+        config.keepaliveInterval = .seconds(2)
+        config.keepaliveTimeout = .seconds(1)
+        var pair = try MuxPair(configuration: config)
+        // One interval: a PING goes out, and the peer answers it within the timeout.
+        pair.loop.advanceTime(by: .seconds(2))
+        try pair.pump()
+        #expect(pair.clientMux.lastRoundTrip != nil)
+        pair.loop.advanceTime(by: .milliseconds(1500))   // past the first PING's timeout: it was answered
         #expect(!pair.clientMux.isClosed)
-        // The peer stays silent (nothing is pumped back): after three intervals the session is dead.
-        pair.loop.advanceTime(by: .seconds(3))
+        // The peer goes silent (nothing is pumped back): dead one timeout after the next PING.
+        pair.loop.advanceTime(by: .milliseconds(500))   // t = 4 s, the next PING
+        #expect(!pair.clientMux.isClosed)
+        pair.loop.advanceTime(by: .milliseconds(999))
+        #expect(!pair.clientMux.isClosed)
+        pair.loop.advanceTime(by: .milliseconds(1))
         #expect(pair.clientMux.isClosed)
         #expect(pair.clientDelegate.closed)
+    }
+
+    /// A timeout longer than the interval: later PINGs must not postpone the verdict on an earlier one.
+    @Test func aKeepaliveTimeoutLongerThanTheIntervalStillEndsASilentSession() throws {
+        var config = MuxConfiguration()
+        config.keepaliveInterval = .seconds(2)
+        config.keepaliveTimeout = .seconds(3)
+        var pair = try MuxPair(configuration: config)
+        pair.loop.advanceTime(by: .seconds(2))
+        try pair.pump()   // the PING at 2 s is answered
+        // Silent from here: PINGs at 4 s, 6 s, …; the one at 4 s has had no answer at 7 s.
+        pair.loop.advanceTime(by: .milliseconds(4999))   // t = 6.999 s
+        #expect(!pair.clientMux.isClosed)
+        pair.loop.advanceTime(by: .milliseconds(1))
+        #expect(pair.clientMux.isClosed)
+    }
+
+    @Test func anOpenWithoutAnAnswerTimesOut() throws {
+        var config = MuxConfiguration()
+        config.keepaliveInterval = .seconds(5)
+        config.keepaliveTimeout = .seconds(60)
+        config.openTimeout = .seconds(10)
+        let pair = try MuxPair(configuration: config)
+        pair.serverDelegate.decision = { _, _, _ in }   // the server never answers this one
+        let (a, _) = try pair.endpoint()
+        let promise = pair.loop.makePromise(of: Void.self)
+        var failure: MuxStreamOpenError?
+        promise.futureResult.assumeIsolated().whenFailure { failure = $0 as? MuxStreamOpenError }
+        pair.clientMux.openStream(MuxOpenRequest(target: target), endpoint: ChannelStreamEndpoint(a), promise: promise)
+        pair.loop.advanceTime(by: .seconds(5))
+        #expect(failure == nil)
+        pair.loop.advanceTime(by: .seconds(5))
+        #expect(failure == .reset(.timedOut, reason: "no answer from the tunnel's peer within 10 s"))
     }
 }

@@ -3,7 +3,10 @@
 Environment:
   ADIT_BIN                  path of the adit binary (default: <repo>/.build/release/adit)
   ADIT_E2E_LOG_LEVEL        --log-level passed to adit processes (default: info)
-  ADIT_E2E_TIMEOUT_SCALE    multiply every per-test time limit (default: 1)
+  ADIT_E2E_TIMEOUT_SCALE    multiply every time limit: the per-test deadlines here, and every bound a test waits
+                            for or compares against (e2e_helpers.scaled) (default: 1)
+  CI                        "true" (or 1, yes): a skipped test is a failure, unless it is marked
+                            @pytest.mark.ci_may_skip(condition, reason=...) and the condition holds
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ def pytest_configure(config):
     global _config
     _config = config
     config.addinivalue_line("markers", "deadline(seconds): time limit of a test (setup+call+teardown)")
+    config.addinivalue_line("markers", "ci_may_skip(condition, reason): under CI=true a skip of this test is "
+                                       "allowed (not a failure) when `condition` is true; reason says why no CI "
+                                       "machine could run it then")
 
 
 def _hard_abort(nodeid: str, secs: float) -> None:
@@ -79,7 +85,7 @@ def _hard_abort(nodeid: str, secs: float) -> None:
 def pytest_runtest_protocol(item, nextitem):
     m = item.get_closest_marker("deadline")
     secs = float(m.args[0]) if m else DEFAULT_DEADLINE
-    secs *= float(os.environ.get("ADIT_E2E_TIMEOUT_SCALE", "1"))
+    secs *= H.timeout_scale()
 
     def on_alarm(signum, frame):
         raise TestTimeout(f"{item.nodeid} exceeded its {secs:.0f}s time limit")
@@ -105,6 +111,60 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 # ---------------------------------------------------------------------------
+# No silent skips in CI. About 30 cases skip when a peer is missing (squid, tinyproxy, a KDC, Chromium,
+# websockify, OpenSSH, dnsmasq, root, IPv6); a green run would hide that. Under CI=true a skip is a failure,
+# naming the skip's reason, unless the test carries @pytest.mark.ci_may_skip(condition, reason="...") and the
+# condition holds: only for a reason that no CI machine can fix (not "X is not installed": ensure-deps.sh
+# installs it). Outside CI the skips stay skips, listed by -ra (pytest.ini) in the short test summary.
+
+
+def ci_mode() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _skip_allowed_in_ci(item) -> str | None:
+    """The reason of the item's ci_may_skip marker when its condition holds, else None."""
+    m = item.get_closest_marker("ci_may_skip")
+    if m is None:
+        return None
+    condition = m.args[0] if m.args else m.kwargs.get("condition", True)
+    reason = m.kwargs.get("reason") or (m.args[1] if len(m.args) > 1 else "")
+    if not reason:
+        raise pytest.UsageError(f"{item.nodeid}: ci_may_skip needs a reason")
+    return reason if condition else None
+
+
+def _skip_reason(rep) -> str:
+    if isinstance(rep.longrepr, tuple) and len(rep.longrepr) == 3:
+        return str(rep.longrepr[2]).removeprefix("Skipped: ")
+    return str(rep.longrepr)
+
+
+def _fail_skip_in_ci(item, rep) -> None:
+    if not (rep.skipped and ci_mode()) or hasattr(rep, "wasxfail"):
+        return
+    if _skip_allowed_in_ci(item) is not None:
+        return
+    rep.outcome = "failed"
+    rep.longrepr = (f"CI=true: this test skipped ({_skip_reason(rep)}), and in CI a skip is a failure. Install "
+                    f"what it needs (Tests/e2e/ensure-deps.sh), or, only if no CI machine could ever run it, mark "
+                    f"it @pytest.mark.ci_may_skip(condition, reason=...) (Tests/e2e/README.md).")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = terminalreporter.stats.get("skipped", [])
+    tr = terminalreporter
+    if ci_mode():
+        failed = [r for r in tr.stats.get("failed", []) + tr.stats.get("error", [])
+                  if isinstance(r.longrepr, str) and r.longrepr.startswith("CI=true: this test skipped")]
+        tr.write_line(f"e2e skips (CI=true): {len(failed)} skipped test(s) counted as failures, "
+                      f"{len(skipped)} skip(s) allowed by ci_may_skip")
+    elif skipped:
+        tr.write_line(f"e2e skips: {len(skipped)} test(s) skipped (listed above); with CI=true each would fail "
+                      f"unless marked ci_may_skip")
+
+
+# ---------------------------------------------------------------------------
 # On failure, attach the logs of every adit process of the test to the report.
 
 
@@ -112,6 +172,7 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    _fail_skip_in_ci(item, rep)
     if rep.failed:
         for proc in item.stash.get(PROCS_KEY, []):
             state = "running" if proc.alive() else f"exit code {proc.returncode}"
@@ -220,18 +281,20 @@ class Adit:
         return proc
 
     def tunnel(self, target_ports: list[int], allow: list[str] | None = None,
-               extra_forwards: list[tuple[str, int]] = ()) -> "Tunnel":
+               extra_forwards: list[tuple[str, int]] = (), server_extra: list[str] = (),
+               client_extra: list[str] = ()) -> "Tunnel":
         """Server + client with one forward per target port (to 127.0.0.1) plus a probe
-        forward to an echo server; returns when an echo goes through the tunnel."""
+        forward to an echo server; returns when an echo goes through the tunnel.
+        `server_extra`/`client_extra`: more options for each process."""
         probe = self.targets.echo()
         fwd_targets = [("127.0.0.1", p) for p in target_ports] + list(extra_forwards)
         if allow is None:
             allow = [f"127.0.0.1:{p}" for p in target_ports]
         allow = allow + [f"127.0.0.1:{probe.port}"]
-        server = self.server(allow)
+        server = self.server(allow, extra=server_extra)
         forwards = [(H.free_port(), h, p) for h, p in fwd_targets]
         probe_port = H.free_port()
-        client = self.client(server.url, forwards + [(probe_port, "127.0.0.1", probe.port)])
+        client = self.client(server.url, forwards + [(probe_port, "127.0.0.1", probe.port)], extra=client_extra)
         H.wait_tunnel_ready(probe_port, timeout=15, proc=client)
         return Tunnel(server, client, [f[0] for f in forwards], probe_port)
 

@@ -24,6 +24,35 @@ GiB = 1024 * MiB
 
 CHUNK = 256 * KiB  # large chunks so that Python is not the bottleneck
 
+# ---------------------------------------------------------------------------
+# Time bounds. Every bound a pass/fail check waits for or compares against is multiplied by
+# ADIT_E2E_TIMEOUT_SCALE (e.g. 3 for a debug build or a sanitizer run, more on a loaded machine):
+#  - the helpers below that wait for an event (wait_until, wait_for_port, wait_for_log, wait_tunnel_ready,
+#    wait_closed, refused_locally, connect_local, make_probe, join_all, TargetServer.wait_results) scale the
+#    `timeout` they are given themselves: pass them the unscaled figure, never H.scaled(...);
+#  - a test that measures a duration and compares it, or sets a socket or subprocess timeout itself, uses
+#    scaled(seconds).
+# Timing claims (throughput, latency) belong in the benchmarks, not in pass/fail tests; where a test checks a
+# promise with a figure ("the port is free within 1 s of kill -9"), the figure stays in its name and the
+# check compares against scaled(figure).
+
+
+def timeout_scale() -> float:
+    """ADIT_E2E_TIMEOUT_SCALE (default 1); conftest.py multiplies the per-test deadlines by it too."""
+    raw = os.environ.get("ADIT_E2E_TIMEOUT_SCALE", "") or "1"
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise RuntimeError(f"ADIT_E2E_TIMEOUT_SCALE={raw!r}: a positive number is needed (e.g. 3)")
+    return v
+
+
+def scaled(seconds: float) -> float:
+    """`seconds` times ADIT_E2E_TIMEOUT_SCALE: the bound to use for a wait or a duration check."""
+    return seconds * timeout_scale()
+
 # Text that must never appear in adit's output: Swift runtime traps, backtraces.
 CRASH_MARKERS = (
     "Fatal error",
@@ -118,7 +147,8 @@ def port_listening(port: int) -> bool:
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1",
                   proc: "AditProcess | None" = None, connect: bool = True) -> None:
     """Wait until a TCP connect to host:port succeeds (connect=False: until the
-    port is in LISTEN state, without connecting). Fails early if proc exits."""
+    port is in LISTEN state, without connecting). Fails early if proc exits. `timeout` is scaled."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while True:
         if (port_accepts(port, host) if connect else port_listening(port)):
@@ -129,19 +159,21 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1",
                 f"connections; log:\n{proc.log_tail()}")
         if time.monotonic() > deadline:
             extra = f"; log:\n{proc.log_tail()}" if proc is not None else ""
-            raise AssertionError(f"{host}:{port} did not accept connections within {timeout}s{extra}")
+            raise AssertionError(f"{host}:{port} did not accept connections within {timeout:g}s{extra}")
         time.sleep(0.025)
 
 
 def wait_until(pred: Callable[[], object], timeout: float, interval: float = 0.05,
                what: str = "condition") -> object:
+    """Poll `pred` until it is true (returns its value); fail after `timeout` (scaled) seconds."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while True:
         v = pred()
         if v:
             return v
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
 
 
@@ -268,7 +300,8 @@ class AditProcess:
 
     def wait_for_log(self, needle: str, timeout: float = 5.0, since: int = 0) -> str:
         """Wait until a log line (after offset `since`) contains `needle`
-        (case-insensitive); return that line."""
+        (case-insensitive); return that line. `timeout` is scaled."""
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while True:
             hits = self.log_lines_matching(needle, since)
@@ -280,7 +313,7 @@ class AditProcess:
                                      f"log:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"{self.name}: no log line containing {needle!r} within {timeout}s; log:\n"
+                    f"{self.name}: no log line containing {needle!r} within {timeout:g}s; log:\n"
                     f"{self.log_tail()}")
             time.sleep(0.05)
 
@@ -414,21 +447,23 @@ def sha256_hex(data: bytes) -> str:
 
 
 def wait_closed(sock: socket.socket, timeout: float) -> tuple[str, bytes]:
-    """Wait until the peer closes `sock` (EOF or reset). Returns (how, data received before)."""
+    """Wait until the peer closes `sock` (EOF or reset). Returns (how, data received before).
+    `timeout` is scaled."""
+    timeout = scaled(timeout)
     sock.settimeout(timeout)
     data = bytearray()
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"connection still open after {timeout}s (received {len(data)} bytes)")
+            raise AssertionError(f"connection still open after {timeout:g}s (received {len(data)} bytes)")
         sock.settimeout(left)
         try:
             b = sock.recv(64 * KiB)
         except (ConnectionResetError, BrokenPipeError):
             return "reset", bytes(data)
         except socket.timeout:
-            raise AssertionError(f"connection still open after {timeout}s (received {len(data)} bytes)")
+            raise AssertionError(f"connection still open after {timeout:g}s (received {len(data)} bytes)")
         if not b:
             return "eof", bytes(data)
         data += b
@@ -437,7 +472,7 @@ def wait_closed(sock: socket.socket, timeout: float) -> tuple[str, bytes]:
 def refused_locally(port: int, timeout: float = 10.0, send: bytes = b"") -> tuple[str, bytes]:
     """Connect to a forward whose stream the tunnel refuses, and report how the local connection ended:
     ("reset", b"") is what adit does (an abort, so a refusal never looks like an empty answer). The reset can
-    come so fast that connect() itself reports it."""
+    come so fast that connect() itself reports it. `timeout` is scaled (by wait_closed)."""
     try:
         s = connect_local(port)
     except ConnectionResetError:
@@ -452,16 +487,16 @@ def refused_locally(port: int, timeout: float = 10.0, send: bytes = b"") -> tupl
 
 
 def connect_local(port: int, timeout: float = 5.0) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    """A TCP_NODELAY connection to 127.0.0.1:port; `timeout` (scaled) is its connect and socket timeout."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=scaled(timeout))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
 
 def make_probe(port: int, timeout: float = 2.0) -> bool:
-    """One echo round trip through a forward whose target is an echo server."""
+    """One echo round trip through a forward whose target is an echo server (`timeout` is scaled)."""
     try:
-        with connect_local(port, timeout=timeout) as s:
-            s.settimeout(timeout)
+        with connect_local(port, timeout=timeout) as s:   # connect_local scales it
             msg = b"adit-probe-" + os.urandom(8).hex().encode()
             s.sendall(msg)
             got = recv_exactly(s, len(msg))
@@ -471,7 +506,8 @@ def make_probe(port: int, timeout: float = 2.0) -> bool:
 
 
 def wait_tunnel_ready(port: int, timeout: float = 15.0, proc: AditProcess | None = None) -> float:
-    """Poll an echo forward until an echo round trip succeeds. Returns seconds waited."""
+    """Poll an echo forward until an echo round trip succeeds. Returns seconds waited. `timeout` is scaled."""
+    timeout = scaled(timeout)
     t0 = time.monotonic()
     while True:
         if make_probe(port):
@@ -480,7 +516,7 @@ def wait_tunnel_ready(port: int, timeout: float = 15.0, proc: AditProcess | None
             raise AssertionError(f"{proc.name} exited with code {proc.returncode}; log:\n{proc.log_tail()}")
         if time.monotonic() - t0 > timeout:
             extra = f"; {proc.name} log:\n{proc.log_tail()}" if proc is not None else ""
-            raise AssertionError(f"no echo through the tunnel on port {port} within {timeout}s{extra}")
+            raise AssertionError(f"no echo through the tunnel on port {port} within {timeout:g}s{extra}")
         time.sleep(0.2)
 
 
@@ -550,7 +586,8 @@ class TargetServer:
                 pass
 
     def wait_results(self, n: int, timeout: float, allow_errors: bool = False) -> list[object]:
-        """Wait until n connections have finished; fail if a handler raised (unless allow_errors)."""
+        """Wait until n connections have finished (`timeout` scaled by wait_until); fail if a handler raised
+        (unless allow_errors)."""
         try:
             wait_until(lambda: len(self.results) + len(self.errors) >= n, timeout,
                        what=f"{n} finished connections on target {self.name}")
@@ -712,7 +749,8 @@ class RssSampler:
 
 
 def join_all(threads: Iterable[threading.Thread], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    """Join all threads within `timeout` (scaled) seconds in total."""
+    deadline = time.monotonic() + scaled(timeout)
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
 
@@ -1021,3 +1059,221 @@ def local_credentials(source: str, user: str, password: str, tmp_path) -> tuple[
     pw = tmp_path / "local-pass"
     pw.write_text(password + "\n")
     return ["--local-user", user, "--local-password-file", str(pw)], None
+
+
+# ---------------------------------------------------------------------------
+# Sockets of a process (which peer a process is really talking to), and the tunnel's adit.v1 frames
+
+
+def established_peers(pid: int) -> list[tuple[str, int, str, int]]:
+    """(local address, local port, remote address, remote port) of every ESTABLISHED TCP socket of process `pid`,
+    from /proc: who a process really talks to, e.g. a client's tunnel going to a proxy rather than to the server."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except FileNotFoundError:
+        return []
+
+    def addr(hexaddr: str) -> tuple[str, int]:
+        host, port = hexaddr.split(":")
+        raw = bytes.fromhex(host)
+        if len(raw) == 4:
+            ip = socket.inet_ntop(socket.AF_INET, raw[::-1])
+        else:
+            ip = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+            if ip.startswith("::ffff:"):
+                ip = ip[7:]
+        return ip, int(port, 16)
+
+    out = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "01" and fields[9] in inodes:
+                        out.append((*addr(fields[1]), *addr(fields[2])))
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def remote_ports(pid: int) -> set[int]:
+    """The remote ports of the established TCP connections of process `pid`."""
+    return {p[3] for p in established_peers(pid)}
+
+
+# adit.v1 frames (docs/protocol.md §2): a 9-byte header, Length (24) | Type (8) | Flags (8) | R+Stream ID (32).
+
+MUX_DATA, MUX_OPEN, MUX_OPEN_OK, MUX_RESET, MUX_WINDOW_UPDATE, MUX_PING, MUX_PONG, MUX_GOAWAY, MUX_HELLO, MUX_LISTEN = \
+    range(10)
+MUX_FIN = 0x1
+
+
+def mux_frame(ftype: int, stream: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    return ((len(payload) << 8) | ftype).to_bytes(4, "big") + bytes([flags]) + stream.to_bytes(4, "big") + payload
+
+
+def mux_parse(message: bytes) -> list[tuple[int, int, int, bytes]]:
+    """The frames of one binary message: (type, flags, stream ID, payload)."""
+    out, i = [], 0
+    while i < len(message):
+        if len(message) - i < 9:
+            raise ValueError(f"{len(message) - i} bytes left, less than a frame header")
+        word = int.from_bytes(message[i:i + 4], "big")
+        length, ftype = word >> 8, word & 0xFF
+        flags = message[i + 4]
+        stream = int.from_bytes(message[i + 5:i + 9], "big") & 0x7FFFFFFF
+        payload = message[i + 9:i + 9 + length]
+        if len(payload) != length:
+            raise ValueError("a frame spans past its message")
+        out.append((ftype, flags, stream, payload))
+        i += 9 + length
+    return out
+
+
+def mux_hello(version: int = 1, window: int = 4 * MiB, max_message: int = 1 * MiB, features: int = 0) -> bytes:
+    return mux_frame(MUX_HELLO, 0, bytes([version]) + window.to_bytes(4, "big") + max_message.to_bytes(4, "big")
+                     + features.to_bytes(4, "big"))
+
+
+def mux_ipv4_target(host: str, port: int) -> bytes:
+    return b"\x01" + socket.inet_aton(host) + port.to_bytes(2, "big")
+
+
+class RawSession:
+    """One adit.v1 WebSocket to an adit server, spoken frame by frame by the test (Python `websockets`)."""
+
+    def __init__(self, url: str):
+        from websockets.sync.client import connect
+        scale = timeout_scale()
+        self.ws = connect(url, subprotocols=["adit.v1"], compression=None, proxy=None, open_timeout=10 * scale,
+                          close_timeout=5 * scale, max_size=None).__enter__()   # (not a `with`: tests close it)
+        assert self.ws.subprotocol == "adit.v1"
+        self.pending: list[tuple[int, int, int, bytes]] = []
+
+    def send(self, *frames: bytes) -> None:
+        self.ws.send(b"".join(frames))
+
+    def next_frame(self, timeout: float = 10.0, skip=(MUX_WINDOW_UPDATE,)) -> tuple[int, int, int, bytes]:
+        """The next frame from the server (WINDOW_UPDATEs skipped unless `skip` says otherwise);
+        websockets' ConnectionClosed if the session ends first. `timeout` is scaled."""
+        deadline = time.monotonic() + timeout * timeout_scale()
+        while True:
+            while self.pending:
+                f = self.pending.pop(0)
+                if f[0] not in skip:
+                    return f
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no frame from the server within {timeout * timeout_scale():.0f}s")
+            msg = self.ws.recv(timeout=left)
+            assert isinstance(msg, bytes), f"the server sent a text message: {msg!r}"
+            self.pending.extend(mux_parse(msg))
+
+    def until_closed(self, timeout: float = 10.0) -> tuple[list, Exception]:
+        """Every frame until the WebSocket closes, and the ConnectionClosed that says how it closed."""
+        from websockets.exceptions import ConnectionClosed
+        frames = []
+        try:
+            while True:
+                frames.append(self.next_frame(timeout, skip=()))
+        except ConnectionClosed as e:
+            return frames, e
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def server_hello(session: RawSession) -> tuple[int, int, int, int]:
+    """Read the server's HELLO: (version, initial window, max message size, features)."""
+    ftype, flags, stream, payload = session.next_frame()
+    assert (ftype, stream) == (MUX_HELLO, 0), f"the server's first frame is not HELLO: {(ftype, stream, payload)}"
+    assert len(payload) >= 13, payload
+    return (payload[0], int.from_bytes(payload[1:5], "big"), int.from_bytes(payload[5:9], "big"),
+            int.from_bytes(payload[9:13], "big"))
+
+
+class DelayRelay:
+    """A TCP relay on 127.0.0.1 that delays every chunk by `delay` seconds each way, preserving order: a path with a
+    round-trip time of 2 x delay between two local processes (loopback's own is a few microseconds)."""
+
+    def __init__(self, upstream_port: int, delay: float):
+        import queue
+        self._queue = queue
+        self.upstream_port = upstream_port
+        self.delay = delay
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="delay-relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                a, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                b = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+                b.settimeout(None)
+            except OSError:
+                a.close()
+                continue
+            self.socks += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                q = self._queue.Queue()
+                threading.Thread(target=self._read, args=(src, q), daemon=True).start()
+                threading.Thread(target=self._write, args=(dst, q), daemon=True).start()
+
+    def _read(self, src: socket.socket, q) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            q.put((time.monotonic() + self.delay, data))
+            if not data:
+                return
+
+    def _write(self, dst: socket.socket, q) -> None:
+        while True:
+            due, data = q.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.listener.close()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+def assert_stops(proc: "AditProcess", timeout: float = 10.0) -> None:
+    """A client refused for credentials (the server's 401/403, a proxy's 407, a SOCKS5 proxy's refusal) says
+    why and stops with exit code 1 instead of retrying what cannot work (docs/operations.md). `timeout` is
+    scaled."""
+    wait_until(lambda: proc.poll() is not None, timeout, what=f"{proc.name} to stop after the refusal")
+    assert proc.poll() == 1, f"{proc.name} exited with {proc.poll()}, not 1"

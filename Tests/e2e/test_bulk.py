@@ -19,7 +19,7 @@ def test_upload_1gib_app_to_target(adit, targets, blob):
     progress = H.Progress()
     t0 = time.monotonic()
     with H.connect_local(t.ports[0]) as s:
-        s.settimeout(60)  # a stall of 60 s fails the test instead of hanging it
+        s.settimeout(H.scaled(60))  # a stall of 60 s fails the test instead of hanging it
         try:
             sent = H.send_blob(s, blob, TOTAL, seed=1, progress=progress)
         except OSError as e:
@@ -42,7 +42,7 @@ def test_download_1gib_target_to_app(adit, targets, blob):
     progress = H.Progress()
     t0 = time.monotonic()
     with H.connect_local(t.ports[0]) as s:
-        s.settimeout(60)
+        s.settimeout(H.scaled(60))
         try:
             got = H.recv_all_hash(s, progress=progress)
         except OSError as e:
@@ -65,7 +65,7 @@ def test_bidirectional_256mib_same_stream(adit, targets, blob):
     echo = targets.echo()
     t = adit.tunnel([echo.port])
     with H.connect_local(t.ports[0]) as s:
-        s.settimeout(60)
+        s.settimeout(H.scaled(60))
         out = {}
 
         def sender():
@@ -77,6 +77,6 @@ def test_bidirectional_256mib_same_stream(adit, targets, blob):
         th = threading.Thread(target=sender, daemon=True)
         th.start()
         got = H.recv_all_hash(s)
-        th.join(60)
+        th.join(H.scaled(60))
     assert "send_error" not in out, out.get("send_error")
     assert got == out["sent"] == (total, blob.digest(total, seed=3)[1])

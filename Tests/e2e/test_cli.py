@@ -11,6 +11,7 @@ EX_USAGE = 64
 
 
 def run(adit_bin, *args, timeout=10):
+    timeout = H.scaled(timeout)
     try:
         p = subprocess.run([str(adit_bin), *args], stdin=subprocess.DEVNULL, capture_output=True,
                            timeout=timeout, env=H._child_env())

@@ -13,10 +13,26 @@ N_STREAMS = 200
 SIZES = [0, 1, 1 * H.KiB, 64 * H.KiB, 1 * H.MiB, 8 * H.MiB]
 
 
+def _established(port: int) -> int:
+    """Connections in ESTABLISHED state whose local port is `port` (the server's side of its tunnels)."""
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        n += 1
+        except FileNotFoundError:
+            continue
+    return n
+
+
 def _echo_stream(port, blob, size, seed, barrier):
     with H.connect_local(port, timeout=30) as s:
-        s.settimeout(90)
-        barrier.wait(timeout=60)  # all 200 streams are open before any data flows
+        s.settimeout(H.scaled(90))
+        barrier.wait(timeout=H.scaled(60))  # all 200 streams are open before any data flows
         out = {}
 
         def sender():
@@ -28,7 +44,7 @@ def _echo_stream(port, blob, size, seed, barrier):
         th = threading.Thread(target=sender, daemon=True)
         th.start()
         got = H.recv_all_hash(s)
-        th.join(90)
+        th.join(H.scaled(90))
         if "err" in out:
             raise out["err"]
         return out["sent"], got
@@ -36,8 +52,8 @@ def _echo_stream(port, blob, size, seed, barrier):
 
 def _sink_stream(port, blob, size, seed, barrier):
     with H.connect_local(port, timeout=30) as s:
-        s.settimeout(90)
-        barrier.wait(timeout=60)
+        s.settimeout(H.scaled(90))
+        barrier.wait(timeout=H.scaled(60))
         sent = H.send_blob(s, blob, size, seed=seed)
         got = H.read_sink_reply(s)
         return sent, got
@@ -65,12 +81,24 @@ def test_200_concurrent_streams_mixed_sizes(adit, targets, blob):
         except BaseException as e:
             results[i] = e
 
+    # "over one WebSocket": sample the connections to the server's listen port while the streams run
+    tunnel_conns: list[int] = []
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.wait(0.1):
+            tunnel_conns.append(_established(t.server.port))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.monotonic()
     threads = [threading.Thread(target=worker, args=p, daemon=True) for p in plan]
     for th in threads:
         th.start()
     H.join_all(threads, timeout=200)
     elapsed = time.monotonic() - t0
+    sampling.set()
+    sampler.join()
     total = sum(size * (2 if kind == "echo" else 1) for _, kind, size in plan)
     print(f"{N_STREAMS} streams, {total / H.MiB:.0f} MiB through the tunnel in {elapsed:.1f}s")
 
@@ -98,3 +126,11 @@ def test_200_concurrent_streams_mixed_sizes(adit, targets, blob):
     assert echo.accepted == n_echo and sink.accepted == n_sink
     assert not echo.errors and not sink.errors
     assert t.client.alive() and t.server.alive()
+
+    # All of it went over one WebSocket: the server opened exactly one tunnel, and never had more than one
+    # connection on its listen port while the streams ran.
+    opened = t.server.log_lines_matching("tunnel opened")
+    assert len(opened) == 1, f"the server opened {len(opened)} tunnels, not one: {opened}"
+    assert tunnel_conns and max(tunnel_conns) == 1 and _established(t.server.port) == 1, (
+        f"connections to the server's port during the run: {sorted(set(tunnel_conns))}, now "
+        f"{_established(t.server.port)}; expected exactly one")

@@ -20,7 +20,7 @@ def test_sigterm_drains_open_streams_then_exits(adit, targets, blob):
 
     def transfer():
         with H.connect_local(t.ports[0], timeout=30) as s:
-            s.settimeout(30)
+            s.settimeout(H.scaled(30))
             outcome["sent"] = H.send_blob(s, blob, total, seed=7)
             outcome["reply"] = H.recv_until_eof(s)
 
@@ -28,9 +28,9 @@ def test_sigterm_drains_open_streams_then_exits(adit, targets, blob):
     worker.start()
     H.wait_until(lambda: sink.bytes_in > 2 * MiB, 10, what="transfer did not start")
     t.server.signal(signal.SIGTERM)
-    time.sleep(0.5)
+    t.server.wait_for_log("draining", timeout=5)   # it took the SIGTERM, and drains instead of exiting
     assert t.server.alive(), "the server exited before its open stream finished"
-    worker.join(timeout=30)
+    worker.join(timeout=H.scaled(30))
     assert not worker.is_alive()
 
     count, sha = outcome["sent"]

@@ -12,7 +12,7 @@ def test_echo_small_messages(adit, targets):
     echo = targets.echo()
     t = adit.tunnel([echo.port])
     with H.connect_local(t.ports[0]) as s:
-        s.settimeout(10)
+        s.settimeout(H.scaled(10))
         messages = [b"a", b"hello adit\n", bytes(range(256)), b"\x00" * 7, b"\r\n\r\n",
                     "ünïcödé ✓".encode(), bytes(range(255, -1, -1)) * 40]
         for msg in messages:
@@ -39,7 +39,7 @@ def test_echo_several_sequential_connections(adit, targets):
     t = adit.tunnel([echo.port])
     for i in range(20):
         with H.connect_local(t.ports[0]) as s:
-            s.settimeout(10)
+            s.settimeout(H.scaled(10))
             msg = f"connection {i}".encode()
             s.sendall(msg)
             assert H.recv_exactly(s, len(msg)) == msg
@@ -57,7 +57,7 @@ def test_echo_two_forwards_one_client(adit, targets):
     t = adit.tunnel([e1.port, e2.port])
     for port in t.ports:
         with H.connect_local(port) as s:
-            s.settimeout(10)
+            s.settimeout(H.scaled(10))
             s.sendall(b"x" * 1000)
             assert H.recv_exactly(s, 1000) == b"x" * 1000
     e1.wait_results(1, 5)
@@ -67,7 +67,7 @@ def test_echo_two_forwards_one_client(adit, targets):
 
 def _echo_once(port, n=5000):
     with H.connect_local(port) as s:
-        s.settimeout(10)
+        s.settimeout(H.scaled(10))
         data = bytes(i % 251 for i in range(n))
         s.sendall(data)
         assert H.recv_exactly(s, n) == data

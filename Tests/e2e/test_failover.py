@@ -11,7 +11,7 @@ import e2e_helpers as H
 
 def _echo_once(port: int, payload: bytes, timeout: float = 10.0) -> bytes:
     with H.connect_local(port) as s:
-        s.settimeout(timeout)
+        s.settimeout(H.scaled(timeout))
         s.sendall(payload)
         return H.recv_exactly(s, len(payload))
 
@@ -44,7 +44,7 @@ def test_when_the_serving_server_dies_the_client_fails_over_and_comes_back(adit,
 
     mark = client.log_mark()
     first.signal(signal.SIGKILL)
-    first.popen.wait(10)
+    first.popen.wait(H.scaled(10))
     # the lost tunnel is redialled to the same server first (refused now), then to the second
     client.wait_for_log(f"tunnel to {second.url}/ is up", timeout=20, since=mark)
     assert _echo_once(local, b"two") == b"two"
@@ -63,7 +63,7 @@ def test_a_draining_server_sends_new_connections_to_a_new_tunnel(adit, targets):
     client = adit.client(draining.url + "/", [(local, "127.0.0.1", echo.port)],
                          extra=["--server", standby.url + "/"])
     held = H.connect_local(local)
-    held.settimeout(10)
+    held.settimeout(H.scaled(10))
     held.sendall(b"before")
     assert H.recv_exactly(held, 6) == b"before"
 
@@ -76,7 +76,7 @@ def test_a_draining_server_sends_new_connections_to_a_new_tunnel(adit, targets):
     held.sendall(b"after")
     assert H.recv_exactly(held, 5) == b"after"
     held.close()
-    draining.popen.wait(20)
+    draining.popen.wait(H.scaled(20))
     assert draining.returncode == 0
     # exactly one new tunnel was dialled for the GOAWAY: no double dial
     up_lines = client.log_lines_matching(" is up", since=mark)

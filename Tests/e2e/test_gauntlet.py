@@ -63,7 +63,7 @@ def test_pings_from_a_peer_that_never_reads_do_not_grow_memory(adit, kind):
     """200 MiB of pings whose answers are never read: before the fix the server went from 31 to 653 MiB."""
     server = adit.server(["127.0.0.1:9"])
     s = upgrade(server.port)
-    time.sleep(0.3)   # let the server settle before measuring
+    server.wait_for_log("tunnel opened", timeout=5)   # the upgrade is done: measure from here
     before = H.read_rss_kib(server.pid)
     if kind == "websocket ping":
         chunk = masked_frame(0x9, b"p" * 125) * 512
@@ -81,10 +81,22 @@ def test_pings_from_a_peer_that_never_reads_do_not_grow_memory(adit, kind):
     s.close()
     # the server still serves
     assert server.alive()
-    probe = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    probe = socket.create_connection(("127.0.0.1", server.port), timeout=H.scaled(5))
     probe.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert probe.recv(100).startswith(b"HTTP/1.1 426")
     probe.close()
+
+
+def _open_to(port: int) -> list[str]:
+    """Sockets still held open towards 127.0.0.1:port (ESTABLISHED or CLOSE_WAIT, remote port `port`)."""
+    found = []
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] in ("01", "08"):
+                found.append(line.strip())
+    return found
 
 
 def prlimited(argv: list[str], nofile: int) -> list[str]:
@@ -107,12 +119,12 @@ def test_out_of_descriptors_the_listener_backs_off_and_recovers(adit, targets, t
     try:
         for _ in range(120):   # more connections than the server has descriptors
             try:
-                flood.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=H.scaled(2)))
             except OSError:
                 break
-        time.sleep(1.0)
+        server.wait_for_log("out of file descriptors", timeout=10)   # it hit EMFILE and paused accepting
         t0, c0 = time.monotonic(), cpu_seconds(server.pid)
-        time.sleep(3.0)
+        time.sleep(3.0)   # the window the CPU time is measured over (not a wait for an event)
         busy = (cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
         print(f"server CPU while out of descriptors: {busy * 100:.0f} % of a core")
         assert busy < 0.25, f"the listener spins at {busy * 100:.0f} % of a core while out of descriptors"
@@ -139,14 +151,21 @@ def test_a_stream_opened_when_the_server_is_out_of_descriptors_fails_with_resour
     local = H.free_port()
     client = adit.client(f"ws://127.0.0.1:{port}", [(local, "127.0.0.1", echo.port)])
     H.wait_tunnel_ready(local, timeout=20, proc=client)
+    # The probe's connection to the echo target must be closed on the server's side first: freed after the
+    # flood, its descriptor would let the test's stream open.
+    H.wait_until(lambda: not _open_to(echo.port), timeout=10, what="the server to close the probe's connection")
     flood = []
     try:
         for _ in range(120):
             try:
-                flood.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=H.scaled(2)))
             except OSError:
                 break
-        time.sleep(1.0)
+        # No descriptor left in the server: it said so, and its table is full (once the flood is accepted; right
+        # after the first failed accept one may still be free, and the stream would simply open).
+        server.wait_for_log("out of file descriptors", timeout=10)
+        H.wait_until(lambda: len(os.listdir(f"/proc/{server.pid}/fd")) >= 64, timeout=10,
+                     what="the server to hold all 64 of its descriptors")
         mark = client.log_mark()
         how, data = H.refused_locally(local, timeout=15)
         assert (how, data) == ("reset", b"")

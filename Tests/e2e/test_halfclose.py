@@ -26,7 +26,7 @@ def test_app_half_close_target_sees_eof_and_reply_flows_back(adit, targets, blob
     t = adit.tunnel([target.port])
     request = blob.bytes(3 * H.MiB + 17, seed=4)
     with H.connect_local(t.ports[0]) as s:
-        s.settimeout(15)
+        s.settimeout(H.scaled(15))
         s.sendall(request)
         s.shutdown(socket.SHUT_WR)
         shut_at = time.monotonic()
@@ -36,7 +36,7 @@ def test_app_half_close_target_sees_eof_and_reply_flows_back(adit, targets, blob
     assert not target.errors
     r = target.results[0]
     assert len(r["request"]) == len(request) and r["request"] == request, "target got the request wrong"
-    assert r["eof_at"] - shut_at < 5, "EOF reached the target late"
+    assert r["eof_at"] - shut_at < H.scaled(5), "EOF reached the target late (more than 5 s, scaled)"
     assert len(reply) == len(r["reply"]), f"app got {len(reply)} of {len(r['reply'])} reply bytes"
     assert reply == r["reply"]
 
@@ -57,7 +57,7 @@ def test_target_half_close_app_sees_eof_and_can_still_send(adit, targets, blob):
     t = adit.tunnel([target.port])
     after = blob.bytes(3 * H.MiB + 11, seed=6)
     with H.connect_local(t.ports[0]) as s:
-        s.settimeout(15)
+        s.settimeout(H.scaled(15))
         got = H.recv_until_eof(s)    # the target's EOF arrives while our write side is open
         assert got == payload, f"app got {len(got)} of {len(payload)} bytes before EOF"
         s.sendall(after)             # the other direction still flows
@@ -78,7 +78,7 @@ def test_half_close_with_no_data(adit, targets):
     target = targets.custom("reply-after-eof", _reply_after_eof_handler)
     t = adit.tunnel([target.port])
     with H.connect_local(t.ports[0]) as s:
-        s.settimeout(15)
+        s.settimeout(H.scaled(15))
         s.shutdown(socket.SHUT_WR)
         reply = H.recv_until_eof(s)
     target.wait_results(1, timeout=5)

@@ -2,6 +2,7 @@
 
 import asyncio
 import http.client
+import re
 import socket
 
 import pytest
@@ -19,7 +20,7 @@ except ImportError:   # e.g. Debian 12's python3-websockets 10.4
 
 
 def _connect_kwargs():
-    kw = {"open_timeout": 5}
+    kw = {"open_timeout": H.scaled(5)}
     if NEW_WS:
         import inspect
         if "proxy" in inspect.signature(ws_connect.__init__).parameters:
@@ -38,7 +39,7 @@ def server(adit):
 
 @pytest.mark.deadline(30)
 def test_plain_get_gets_short_text_answer(server):
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=H.scaled(5))
     conn.request("GET", "/", headers={"Connection": "close"})
     resp = conn.getresponse()
     body = resp.read()
@@ -54,7 +55,7 @@ def test_plain_get_gets_short_text_answer(server):
 @pytest.mark.deadline(30)
 def test_plain_get_raw_socket(server):
     """The same over a raw socket, HTTP/1.0 style: answer then close."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=H.scaled(5)) as s:
         s.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         data = H.recv_until_eof(s, limit=64 * H.KiB)
     head, _, body = data.partition(b"\r\n\r\n")
@@ -103,12 +104,23 @@ def test_websocket_with_adit_v1_is_accepted(server):
     assert server.alive()
 
 
+def adit_output(proc: H.AditProcess) -> str:
+    """What the adit process itself printed: its log without the harness's `### argv` line(s), which repeat
+    the command line (and so every port and --allow pattern given)."""
+    return "\n".join(ln for ln in proc.log_text().splitlines() if not ln.startswith("### "))
+
+
 @pytest.mark.deadline(30)
 def test_server_startup_log(adit):
+    """The startup line names the listen address and every --allow pattern, in order (judged from adit's own
+    output only: the log file begins with the harness's copy of the command line)."""
     allow = ["127.0.0.1:*", "*.example.com:443", "10.0.0.0/8:22", "[::1]:*", "example.org:8080"]
     srv = adit.server(allow=allow)
-    line = srv.wait_for_log("listening on", timeout=5)
-    assert str(srv.port) in srv.log_text(), f"listen port not in the log: {line}"
-    log = srv.log_text()
-    missing = [a for a in allow if a not in log]
-    assert not missing, f"allow patterns missing from the startup log: {missing}"
+    srv.wait_for_log("listening on", timeout=5)
+    lines = [ln for ln in adit_output(srv).splitlines() if "listening on" in ln]
+    assert len(lines) == 1, f"expected one startup line, got {lines}"
+    line = lines[0]
+    assert f"listening on ws://127.0.0.1:{srv.port}/" in line, f"listen address not in the startup line: {line}"
+    m = re.search(r"targets allowed: (.*?); ", line)
+    assert m, f"no 'targets allowed: ...;' list in the startup line: {line}"
+    assert m.group(1).split(", ") == allow, f"allow patterns in the startup line {m.group(1)!r}, given {allow}"

@@ -13,7 +13,7 @@ import pytest
 
 import e2e_helpers as H
 
-SCALE = float(os.environ.get("ADIT_E2E_TIMEOUT_SCALE", "1"))
+SCALE = H.timeout_scale()
 
 
 def adit_token(adit_bin, name, *args, stdin=None):
@@ -53,7 +53,7 @@ def client_with(adit, server, target_port, extra=(), env=None, wait=True):
     local = H.free_port()
     client = adit.client(server.url, [(local, "127.0.0.1", target_port)], extra=list(extra), env=env, wait=wait)
     if wait:
-        H.wait_tunnel_ready(local, timeout=15 * SCALE, proc=client)
+        H.wait_tunnel_ready(local, timeout=15, proc=client)
     return client, local
 
 
@@ -93,7 +93,7 @@ def test_tokens_from_a_file_or_the_environment_and_none_or_a_wrong_one_refused(a
     assert echo_once(by_file) == b"hello"
     _, by_env = client_with(adit, server, echo.port, env={"ADIT_TOKEN": token})
     assert echo_once(by_env) == b"hello"
-    server.wait_for_log("user=alice", timeout=5 * SCALE)
+    server.wait_for_log("user=alice", timeout=5)
 
     accepted = echo.accepted
     for extra, env, why in [([], None, "needs credentials"), ([], {"ADIT_TOKEN": "not-the-token"}, "not one of this server's")]:
@@ -117,7 +117,7 @@ def test_passwords_and_the_throttle_on_wrong_ones(adit, adit_bin, targets, tmp_p
                 for _ in range(7)]
     assert all(" 401 " in status for status, _ in statuses), statuses
     assert "WWW-Authenticate: Basic" in statuses[0][1]
-    server.wait_for_log("too many wrong passwords", timeout=5 * SCALE)
+    server.wait_for_log("too many wrong passwords", timeout=5)
     # an unknown user is refused with the same words as a wrong password
     client, _ = client_with(adit, server, echo.port, ["--user", "mallory"], env={"ADIT_PASSWORD": "x"}, wait=False)
     assert client.popen.wait(15 * SCALE) == 1
@@ -136,16 +136,16 @@ def test_each_user_reaches_only_its_targets_and_binds(adit, adit_bin, targets, t
     alice_db, alice_web, rport = H.free_port(), H.free_port(), H.free_port()
     alice = adit.client(server.url, [(alice_db, "127.0.0.1", db.port), (alice_web, "127.0.0.1", web.port)],
                         extra=["-R", f"{rport}:127.0.0.1:{db.port}"], env={"ADIT_TOKEN": ta})
-    H.wait_tunnel_ready(alice_db, timeout=15 * SCALE, proc=alice)
+    H.wait_tunnel_ready(alice_db, timeout=15, proc=alice)
     assert H.refused_locally(alice_web) == ("reset", b"")
-    alice.wait_for_log("not allowed by policy", timeout=5 * SCALE)
-    alice.wait_for_log(f"the server listens on 127.0.0.1:{rport}", timeout=10 * SCALE)
+    alice.wait_for_log("not allowed by policy", timeout=5)
+    alice.wait_for_log(f"the server listens on 127.0.0.1:{rport}", timeout=10)
     bob_db, bob_web = H.free_port(), H.free_port()
     bob = adit.client(server.url, [(bob_db, "127.0.0.1", db.port), (bob_web, "127.0.0.1", web.port)],
                       extra=["-R", f"{H.free_port()}:127.0.0.1:{web.port}"], env={"ADIT_TOKEN": tb})
-    H.wait_tunnel_ready(bob_web, timeout=15 * SCALE, proc=bob)
+    H.wait_tunnel_ready(bob_web, timeout=15, proc=bob)
     assert H.refused_locally(bob_db) == ("reset", b"")
-    bob.wait_for_log("the server refused to listen", timeout=10 * SCALE)   # no --allow-reverse for bob
+    bob.wait_for_log("the server refused to listen", timeout=10)   # no --allow-reverse for bob
 
 
 @pytest.mark.deadline(60)
@@ -175,26 +175,26 @@ def test_reload_applies_to_new_streams_closes_removed_users_and_keeps_old_rules_
     server = adit.server([], extra=["--users", str(path)])
     a1, a2 = H.free_port(), H.free_port()
     alice = adit.client(server.url, [(a1, "127.0.0.1", first.port), (a2, "127.0.0.1", second.port)], env={"ADIT_TOKEN": ta})
-    H.wait_tunnel_ready(a1, timeout=15 * SCALE, proc=alice)
+    H.wait_tunnel_ready(a1, timeout=15, proc=alice)
     b1 = H.free_port()
     bob = adit.client(server.url, [(b1, "127.0.0.1", first.port)], env={"ADIT_TOKEN": tb})
-    H.wait_tunnel_ready(b1, timeout=15 * SCALE, proc=bob)
+    H.wait_tunnel_ready(b1, timeout=15, proc=bob)
     assert H.refused_locally(a2) == ("reset", b"")   # not yet allowed
 
     # alice gets the second target, bob is removed
     mark = server.log_mark()
     users_file(path, [{"name": "alice", "token": da, "allow": [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]}])
-    server.wait_for_log("reloaded", timeout=10 * SCALE, since=mark)
-    server.wait_for_log("user bob was removed", timeout=5 * SCALE, since=mark)
+    server.wait_for_log("reloaded", timeout=10, since=mark)
+    server.wait_for_log("user bob was removed", timeout=5, since=mark)
     assert echo_once(a2) == b"hello", "the new rule applies to alice's next stream on the same tunnel"
-    bob.wait_for_log("tunnel lost", timeout=10 * SCALE)
+    bob.wait_for_log("tunnel lost", timeout=10)
     bob.popen.wait(15 * SCALE)
     assert bob.returncode == 1, "bob's token no longer works: the client stops"
 
     # a broken file is refused with its line; the rules in force stay
     mark = server.log_mark()
     path.write_text("users:\n  - name: alice\n    token: \"" + da + "\"\n    alow: []\n")
-    line = server.wait_for_log("not reloading", timeout=10 * SCALE, since=mark)
+    line = server.wait_for_log("not reloading", timeout=10, since=mark)
     assert "users.yaml:4" in line and "alow" in line, line
     assert echo_once(a2) == b"hello"
 
@@ -202,8 +202,8 @@ def test_reload_applies_to_new_streams_closes_removed_users_and_keeps_old_rules_
     mark = server.log_mark()
     users_file(path, [{"name": "alice", "token": da, "allow": [f"127.0.0.1:{first.port}"]}])
     server.signal(signal.SIGHUP)
-    server.wait_for_log("SIGHUP", timeout=5 * SCALE, since=mark)
-    server.wait_for_log("reloaded", timeout=5 * SCALE, since=mark)
+    server.wait_for_log("SIGHUP", timeout=5, since=mark)
+    server.wait_for_log("reloaded", timeout=5, since=mark)
     assert H.refused_locally(a2) == ("reset", b"")
     assert alice.alive()
 
@@ -220,8 +220,8 @@ def test_a_client_certificate_is_an_identity(adit, adit_bin, targets, tmp_path):
     local = H.free_port()
     client = adit.client(f"wss://127.0.0.1:{server.port}/", [(local, "127.0.0.1", echo.port)],
                          extra=["--ca-file", str(server_cert), "--tls-cert", str(client_cert), "--tls-key", str(client_key)])
-    H.wait_tunnel_ready(local, timeout=15 * SCALE, proc=client)
-    line = server.wait_for_log("tunnel opened", timeout=5 * SCALE)
+    H.wait_tunnel_ready(local, timeout=15, proc=client)
+    line = server.wait_for_log("tunnel opened", timeout=5)
     assert "user=carol" in line and "auth=certificate" in line, line
 
 

@@ -11,7 +11,7 @@ import e2e_helpers as H
 
 
 def scrape(port: int) -> dict[str, float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=H.scaled(5)).read().decode()
     values = {}
     for line in body.splitlines():
         if line.startswith("#") or not line.strip():
@@ -22,7 +22,8 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def wait_metric(port: int, name: str, predicate, timeout: float = 10.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
+    """Scrape until `name` is there and satisfies `predicate`; fail after `timeout` seconds (scaled)."""
+    deadline = time.monotonic() + H.scaled(timeout)
     while True:
         values = scrape(port)
         if name in values and predicate(values[name]):
@@ -47,7 +48,7 @@ def test_metrics_count_streams_bytes_and_resets(adit, targets):
 
     payload = b"x" * 300_000
     with H.connect_local(fwd) as s:
-        s.settimeout(10)
+        s.settimeout(H.scaled(10))
         s.sendall(payload)
         assert H.recv_exactly(s, len(payload)) == payload
     # denied by policy: reset with reason not_allowed, and the local connection aborted
@@ -66,7 +67,7 @@ def test_metrics_count_streams_bytes_and_resets(adit, targets):
 
     # Anything but GET /metrics is a short 404, not a crash.
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(f"http://127.0.0.1:{server_metrics}/", timeout=5)
+        urllib.request.urlopen(f"http://127.0.0.1:{server_metrics}/", timeout=H.scaled(5))
     assert info.value.code == 404
 
 
@@ -74,6 +75,6 @@ def test_metrics_count_streams_bytes_and_resets(adit, targets):
 def test_metrics_bad_address_is_a_usage_error(adit_bin):
     import subprocess
     r = subprocess.run([str(adit_bin), "server", "--allow", "*:*", "--metrics", "nonsense"],
-                       capture_output=True, text=True, timeout=10)
+                       capture_output=True, text=True, timeout=H.scaled(10))
     assert r.returncode == 64
     assert "--metrics" in r.stderr

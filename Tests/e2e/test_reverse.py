@@ -52,7 +52,7 @@ def wait_reverse_listening(client, rport, since=0, timeout=10.0, udp=False):
 def echo_through(port, n=5000, tag=b""):
     data = tag + bytes(i % 251 for i in range(n))
     with H.connect_local(port) as s:
-        s.settimeout(10)
+        s.settimeout(H.scaled(10))
         s.sendall(data)
         assert H.recv_exactly(s, len(data)) == data
         s.shutdown(socket.SHUT_WR)
@@ -93,7 +93,7 @@ def test_reverse_echo_both_ways(adit, targets, monkeypatch):
     messages = [b"a", b"hello reverse\n", bytes(range(256)), b"\x00" * 7, "ünïcödé ✓".encode(),
                 bytes(range(255, -1, -1)) * 400]
     with H.connect_local(rport) as s:
-        s.settimeout(10)
+        s.settimeout(H.scaled(10))
         app_addr = s.getsockname()
         for msg in messages:
             s.sendall(msg)
@@ -133,7 +133,7 @@ def test_reverse_64mib_each_way(adit, targets, blob):
     def upload():
         try:
             with H.connect_local(up_port) as s:
-                s.settimeout(30)
+                s.settimeout(H.scaled(30))
                 out["sent"] = H.send_blob(s, blob, total, seed=11)
                 out["reply"] = H.read_sink_reply(s)
         except BaseException as e:
@@ -142,7 +142,7 @@ def test_reverse_64mib_each_way(adit, targets, blob):
     def download():
         try:
             with H.connect_local(down_port) as s:
-                s.settimeout(30)
+                s.settimeout(H.scaled(30))
                 out["got"] = H.recv_all_hash(s)
                 s.shutdown(socket.SHUT_WR)
         except BaseException as e:
@@ -154,7 +154,7 @@ def test_reverse_64mib_each_way(adit, targets, blob):
         t.start()
     H.join_all(threads, timeout=45)
     elapsed = time.monotonic() - t0
-    assert not any(t.is_alive() for t in threads), f"transfer still running after 45 s: {out}"
+    assert not any(t.is_alive() for t in threads), f"transfer still running after {H.scaled(45):g} s: {out}"
     assert "up_error" not in out, f"upload failed: {out['up_error']!r} (sink got {sink.bytes_in} B)"
     assert "down_error" not in out, f"download failed: {out['down_error']!r}"
     print(f"-R 64 MiB each way at once in {elapsed:.1f}s ({2 * total / H.MiB / elapsed:.0f} MiB/s total)")
@@ -182,7 +182,7 @@ def test_reverse_listener_released_on_client_kill(adit, targets):
     wait_reverse_listening(client, rport)
     echo_through(rport)
     inflight = H.connect_local(rport)
-    inflight.settimeout(10)
+    inflight.settimeout(H.scaled(10))
     inflight.sendall(b"in flight")
     assert H.recv_exactly(inflight, 9) == b"in flight"
 
@@ -190,17 +190,19 @@ def test_reverse_listener_released_on_client_kill(adit, targets):
     t0 = time.monotonic()
     client.signal(signal.SIGKILL)   # the session ends abruptly: its listeners close without a goodbye
     released_after, last = None, "not checked"
-    while time.monotonic() - t0 < 5:
+    while time.monotonic() - t0 < H.scaled(5):
         last = H.tcp_port_released(rport)
         if last is None:
             released_after = time.monotonic() - t0
             break
         time.sleep(0.01)
-    client.popen.wait(5)
-    assert released_after is not None, f"port {rport} still taken 5 s after kill -9 of the client ({last})"
+    client.popen.wait(H.scaled(5))
+    assert released_after is not None, (f"port {rport} still taken {H.scaled(5):g} s after kill -9 of the client "
+                                        f"({last})")
     print(f"port {rport} free {released_after * 1000:.0f} ms after kill -9 of the client")
-    assert released_after < 1.0, (f"the server released port {rport} only {released_after:.2f}s after the "
-                                  f"client was killed (limit 1 s)")
+    # the promise is 1 s; the check allows 1 s times ADIT_E2E_TIMEOUT_SCALE for slow builds and loaded machines
+    assert released_after < H.scaled(1.0), (f"the server released port {rport} only {released_after:.2f}s after "
+                                            f"the client was killed (limit 1 s, scaled {H.scaled(1.0):g} s)")
     how, _ = H.wait_closed(inflight, timeout=5)
     inflight.close()
     print(f"in-flight connection ended by {how}")
@@ -222,7 +224,7 @@ def test_reverse_rebound_after_server_restart(adit, targets):
 
     mark = client.log_mark()
     server.signal(signal.SIGKILL)
-    server.popen.wait(5)
+    server.popen.wait(H.scaled(5))
     client.wait_for_log("tunnel lost", timeout=5, since=mark)
     assert H.tcp_port_released(rport) is None, "the reverse port is still taken with the server dead"
 
@@ -275,7 +277,7 @@ def test_reverse_bind_not_allowed(adit, targets, case):
     assert H.tcp_port_released(denied_port) is None
     if case == "other-host":
         with pytest.raises(OSError):
-            socket.create_connection(("::1", denied_port), timeout=1).close()
+            socket.create_connection(("::1", denied_port), timeout=H.scaled(1)).close()
     if rules:
         wait_reverse_listening(client, ok_port)
         echo_through(ok_port)
@@ -358,7 +360,7 @@ def test_reverse_target_refused_on_client_side(adit, targets):
     dt = time.monotonic() - t0
     print(f"ended by {how} after {dt:.3f}s")
     assert data == b"" and how == "reset", f"expected an abort without data, got {how} with {len(data)} bytes"
-    assert dt < 2.0
+    assert dt < H.scaled(2.0), f"aborted only after {dt:.2f}s: not promptly (2 s, scaled {H.scaled(2.0):g} s)"
     line = client.wait_for_log("could not reach", timeout=5)
     print(f"client: {line}")
     assert f"127.0.0.1:{dead}" in line

@@ -17,7 +17,7 @@ MiB = H.MiB
 def keygen(adit_bin, tmp_path, name, *args):
     cert, key = tmp_path / f"{name}-cert.pem", tmp_path / f"{name}-key.pem"
     p = subprocess.run([str(adit_bin), "keygen", "--cert", str(cert), "--key", str(key), *args],
-                       capture_output=True, text=True, timeout=20, env=H._child_env())
+                       capture_output=True, text=True, timeout=H.scaled(20), env=H._child_env())
     assert p.returncode == 0, p.stderr
     pin = re.search(r"pin: (sha256/\S+)", p.stdout).group(1)
     return cert, key, pin, p.stdout
@@ -53,7 +53,7 @@ def test_keygen_writes_a_private_key_and_prints_a_pin(adit_bin, tmp_path):
     if text:
         assert "DNS:gw.example" in text and "IP Address:192.0.2.1" in text, text
     again = subprocess.run([str(adit_bin), "keygen", "--cert", str(cert), "--key", str(key)], capture_output=True,
-                           text=True, timeout=20, env=H._child_env())
+                           text=True, timeout=H.scaled(20), env=H._child_env())
     assert again.returncode == 64 and "--force" in again.stderr
 
 
@@ -101,6 +101,19 @@ def test_the_urls_host_is_checked_against_the_certificate(adit, targets, adit_bi
     assert wrong_name.wait_for_log("not valid for localhost", timeout=10)
 
 
+def squid_tunnels(squid: Squid, port: int) -> list[str]:
+    """squid's access-log lines of CONNECT tunnels to 127.0.0.1:port (it writes one when a tunnel ends): the
+    proxy's own word that it carried a connection, which a client ignoring --proxy cannot produce."""
+    return [ln for ln in squid.access_log().splitlines()
+            if "TCP_TUNNEL/200" in ln and f" CONNECT 127.0.0.1:{port} " in ln]
+
+
+def wait_squid_tunnels(squid: Squid, port: int, n: int) -> list[str]:
+    H.wait_until(lambda: len(squid_tunnels(squid, port)) >= n, 10,
+                 what=f"squid to log {n} CONNECT tunnel(s) to 127.0.0.1:{port}")
+    return squid_tunnels(squid, port)
+
+
 @pytest.mark.skipif(not have("squid", "htpasswd"), reason="squid is needed (make test installs it)")
 @pytest.mark.deadline(90)
 def test_wss_through_squid_256_mib_and_checked_against_the_url_host(adit, targets, pki, blob, tmp_path):
@@ -109,26 +122,37 @@ def test_wss_through_squid_256_mib_and_checked_against_the_url_host(adit, target
     squid = Squid("noauth", tmp_path)
     try:
         cert, _, pin = pki
-        for args in (["--ca-file", str(cert)], ["--pin", pin, "--pin-only"]):
+        for n, args in enumerate((["--ca-file", str(cert)], ["--pin", pin, "--pin-only"]), start=1):
             local = H.free_port()
             client = adit.client(f"wss://127.0.0.1:{server.port}/", [(local, "127.0.0.1", sink.port)],
                                  extra=["--proxy", squid.url, *args])
             H.wait_for_port(local, timeout=10, connect=False)
             with H.connect_local(local, timeout=20) as s:
-                s.settimeout(60)
+                s.settimeout(H.scaled(60))
                 count, sha = H.send_blob(s, blob, 256 * MiB, seed=5)
                 assert H.recv_until_eof(s) == f"{count} {sha}\n".encode()
             assert client.log_lines_matching("through the proxy")
-            client.stop()
+            client.stop()   # squid logs a tunnel when it ends
+            # squid carried it: its n-th tunnel to the server, with the 256 MiB in it (the `up=` field, bytes from
+            # the client, is in the log format proxies.Squid configures)
+            line = wait_squid_tunnels(squid, server.port, n)[n - 1]
+            up = re.search(r" up=(\d+)", line)
+            assert up, f"no up= field in squid's access log line: {line}"
+            assert int(up.group(1)) >= 256 * MiB, f"squid carried only {int(up.group(1))} bytes up: {line}"
         # Without a CA or pin, refused — through the proxy as directly.
         refused = adit.client(f"wss://127.0.0.1:{server.port}/", [(H.free_port(), "127.0.0.1", sink.port)],
                               extra=["--proxy", squid.url])
         line = refused.wait_for_log("is not trusted", timeout=15)
         assert "through the proxy" in line, line
+        refused.stop()
+        wait_squid_tunnels(squid, server.port, 3)   # the refused attempt went through squid too
         # https_proxy is the one for wss://.
         env_client = adit.client(f"wss://127.0.0.1:{server.port}/", [(H.free_port(), "127.0.0.1", sink.port)],
                                  extra=["--ca-file", str(cert)], env={"https_proxy": squid.url})
         assert env_client.wait_for_log(f"through the proxy http://127.0.0.1:{squid.port} (from https_proxy)")
+        env_client.wait_for_log("is up", timeout=15)
+        env_client.stop()
+        wait_squid_tunnels(squid, server.port, 4)
     finally:
         squid.stop()
 
@@ -173,7 +197,7 @@ BAD = [
 @pytest.mark.deadline(20)
 @pytest.mark.parametrize("args", BAD, ids=lambda a: " ".join(a))
 def test_tls_usage_errors_exit_64(adit_bin, args):
-    p = subprocess.run([str(adit_bin), *args], capture_output=True, text=True, timeout=10, env=H._child_env())
+    p = subprocess.run([str(adit_bin), *args], capture_output=True, text=True, timeout=H.scaled(10), env=H._child_env())
     assert p.returncode == 64, (p.returncode, p.stderr)
     assert "Error:" in p.stderr
 
@@ -182,7 +206,7 @@ def test_tls_usage_errors_exit_64(adit_bin, args):
 def test_missing_certificate_files_are_one_sentence(adit_bin, tmp_path):
     p = subprocess.run([str(adit_bin), "server", "--allow", "*:*", "--listen", f"127.0.0.1:{H.free_port()}",
                         "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "none-key.pem")],
-                       capture_output=True, text=True, timeout=10, env=H._child_env())
+                       capture_output=True, text=True, timeout=H.scaled(10), env=H._child_env())
     assert p.returncode == 1, p.stderr
     assert f"--tls-cert {tmp_path / 'none.pem'} does not exist" in p.stderr, p.stderr
     assert not any(m in p.stderr for m in H.CRASH_MARKERS), p.stderr
@@ -190,10 +214,10 @@ def test_missing_certificate_files_are_one_sentence(adit_bin, tmp_path):
     garbage.write_text("not a certificate\n")
     p = subprocess.run([str(adit_bin), "server", "--allow", "*:*", "--listen", f"127.0.0.1:{H.free_port()}",
                         "--tls-cert", str(garbage), "--tls-key", str(garbage)],
-                       capture_output=True, text=True, timeout=10, env=H._child_env())
+                       capture_output=True, text=True, timeout=H.scaled(10), env=H._child_env())
     assert p.returncode == 1 and "cannot use --tls-cert" in p.stderr, p.stderr
     client = subprocess.run([str(adit_bin), "client", "wss://127.0.0.1:1/", "-L", "0:h:2", "--ca-file",
-                             str(tmp_path / "nope.pem")], capture_output=True, text=True, timeout=10, env=H._child_env())
+                             str(tmp_path / "nope.pem")], capture_output=True, text=True, timeout=H.scaled(10), env=H._child_env())
     assert client.returncode == 1 and "--ca-file" in client.stderr and "does not exist" in client.stderr, client.stderr
 
 
@@ -218,6 +242,8 @@ def test_an_https_proxy_is_verified_and_carries_wss(adit, targets, pki, adit_bin
         bundle.write_text(proxy_cert.read_text() + pki[0].read_text())
         ok, _ = wss_client(adit, server, echo.port, ["--proxy", f"https://127.0.0.1:{front.port}", "--ca-file", str(bundle)])
         assert front.handshakes >= 1
+        ok.stop()   # squid (behind the TLS front) logs the tunnel when it ends
+        wait_squid_tunnels(squid, server.port, 1)
         untrusted, _ = wss_client(adit, server, echo.port, ["--proxy", f"https://127.0.0.1:{front.port}",
                                                             "--ca-file", str(pki[0])], ready=False)
         line = untrusted.wait_for_log("cannot reach the tunnel server", timeout=10)

@@ -14,6 +14,8 @@ import e2e_helpers as H
 @pytest.mark.deadline(40)
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root (to drop to nobody) and setpriv; unprivileged runs already cover this")
+@pytest.mark.ci_may_skip(os.geteuid() != 0, reason="a run without root is itself the unprivileged run this "
+                                                  "test stands in for (a missing setpriv is still a failure)")
 def test_server_and_client_work_as_nobody(adit, targets, tmp_path):
     echo = targets.echo()
     drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
@@ -29,7 +31,7 @@ def test_server_and_client_work_as_nobody(adit, targets, tmp_path):
     H.wait_tunnel_ready(local, timeout=15, proc=client)
     payload = os.urandom(1 << 20)
     with H.connect_local(local, timeout=10) as s:
-        s.settimeout(10)
+        s.settimeout(H.scaled(10))
         s.sendall(payload)
         assert H.recv_exactly(s, len(payload)) == payload
     assert "Permission denied" not in client.log_text() + server.log_text()

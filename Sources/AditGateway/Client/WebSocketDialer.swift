@@ -30,6 +30,8 @@ struct WebSocketDialer {
         webSocket.origin = origin
         webSocket.extraHeaders = extraHeaders
         webSocket.compression = compression
+        // --connect-timeout bounds the upgrade as well as the TCP connect.
+        webSocket.handshakeTimeoutSeconds = max(1, connectTimeout.nanoseconds / 1_000_000_000)
         self.webSocket = webSocket
         self.channelOptions = channelOptions
         self.connectTimeout = connectTimeout
@@ -255,6 +257,12 @@ struct WebSocketDialer {
         if let proxyError = error as? ProxyDialError, let connect = proxyError.underlying as? ProxyConnectError {
             switch connect {
             case .credentialsRequired, .credentialsRejected, .unsupportedSchemes: return true
+            default: return false
+            }
+        }
+        if let proxyError = error as? ProxyDialError, let socks = proxyError.underlying as? SOCKS5Error {
+            switch socks {
+            case .credentialsRequired, .credentialsRejected, .credentialsTooLong, .noAcceptableMethod: return true
             default: return false
             }
         }

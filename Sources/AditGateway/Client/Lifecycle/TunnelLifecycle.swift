@@ -111,6 +111,7 @@ public struct TunnelLifecycle: Sendable, Equatable {
 
     /// A dial failed before its tunnel was up. `permanent`: retrying cannot help (the user must fix something).
     public mutating func dialFailed(_ attempt: Attempt, reason: String, permanent: Bool = false) -> [Action] {
+        if draining.remove(attempt) != nil { return [] }  // shut down while it was dialled
         guard case .dialing(attempt, let server) = state else { return [] }
         lastFailure = reason
         if permanent {

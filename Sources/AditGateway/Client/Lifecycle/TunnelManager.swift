@@ -69,7 +69,8 @@ final class TunnelManager: StreamOpener {
         self.gaveUp = eventLoop.makePromise()
     }
 
-    var hasOpenSessions: Bool { !lifecycle.liveSessions.isEmpty || sessions.values.contains { $0.mux != nil } }
+    /// Sessions that exist (a dial still under way is not waited for at shutdown: it is abandoned).
+    var hasOpenSessions: Bool { sessions.values.contains { $0.mux.map { !$0.isClosed } ?? false } }
     var isTunnelReady: Bool { currentSession != nil }
     var lifecycleState: TunnelLifecycle.State { lifecycle.state }
 
