@@ -156,6 +156,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         precondition(endpoint.eventLoop === context.eventLoop, "stream endpoints must live on the tunnel's event loop")
         stream.endpoint = endpoint
         stream.state.accepted()
+        stream.established = true
         enqueueControl(.openOK(id, bound: nil))
         endpoint.bind(MuxStreamEvents(mux: self, stream: stream))
         guard streams[id] === stream else { return }  // closed while binding
@@ -377,6 +378,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .data(let id, let payload, let fin):
             statistics.bytesReceived += payload.readableBytes
             guard let stream = try existingStream(id) else { return }
+            stream.bytesFromPeer += payload.readableBytes
             receivedData(stream, payload, fin: fin)
         case .open(let id, let request):
             try receivedOpen(id, request: request)
@@ -390,6 +392,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .reset(let code, let reason):
                 resetStream(stream, code: code, reason: reason)
             case .opened:
+                stream.established = true
                 logger.debug("stream open", metadata: ["stream": "\(id)", "target": "\(stream.request)"])
                 let promise = stream.openPromise
                 stream.openPromise = nil
@@ -621,7 +624,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 logger.info("stream to \(stream.target) reset by peer: \(code.summary)",
                             metadata: ["stream": "\(stream.id)", "reason": "\(reason)"])
             }
-            removeStream(stream, endpoint: .abort)
+            removeStream(stream, endpoint: .abort, end: .resetByPeer(code, reason: reason))
         }
     }
 
@@ -700,7 +703,11 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .reset(let code, let reason):
             enqueueControl(.reset(stream.id, code, reason: reason))
             statistics.resets[code, default: 0] += 1
-            if wasOpening { failOpen(stream, .endpointClosed) } else { removeStream(stream, endpoint: .none) }
+            if wasOpening {
+                failOpen(stream, .endpointClosed)
+            } else {
+                removeStream(stream, endpoint: .none, end: .resetByUs(code, reason: reason))
+            }
         default:
             finishIfDone(stream)
         }
@@ -773,7 +780,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func finishIfDone(_ stream: MuxStream) {
         guard stream.state.finishIfDone() else { return }
-        removeStream(stream, endpoint: .close)
+        removeStream(stream, endpoint: .close, end: .finished)
     }
 
     /// Fails the open of one of our streams: the endpoint goes back to the opener (who answers in its own
@@ -805,15 +812,17 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if wasOpening && stream.openPromise != nil {
             failOpen(stream, .reset(code, reason: reason))
         } else {
-            removeStream(stream, endpoint: .abort)
+            removeStream(stream, endpoint: .abort, end: .resetByUs(code, reason: reason))
         }
     }
 
     private enum EndpointDisposition { case none, close, abort }
 
-    private func removeStream(_ stream: MuxStream, endpoint disposition: EndpointDisposition) {
+    private func removeStream(_ stream: MuxStream, endpoint disposition: EndpointDisposition,
+                              end: MuxStreamRecord.End = .resetByUs(.internalError, reason: "not established")) {
         guard streams[stream.id] === stream else { return }
         streams[stream.id] = nil
+        if stream.established { delegate?.muxSession(self, streamDidEnd: stream.record(end)) }
         // What it held unread is no longer the session's (the writes still in flight complete on a gone stream).
         bufferedBytes -= stream.state.receiveWindow.unconsumed
         noteIdleness()
@@ -924,6 +933,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     }
                     planned.append(PlannedFrame(stream: id, length: count, fin: fin, payloads: first..<payloads.count))
                     statistics.bytesSent += count
+                    stream.bytesToPeer += count
                     size += MuxFrame.headerSize + count
                     stream.state.sentData(length: count, fin: fin)
                     if fin { finished.append(stream) }
@@ -1057,6 +1067,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         let sessionError = (error as? MuxSessionError) ?? .tunnelClosed
         for stream in all {
+            if stream.established { delegate?.muxSession(self, streamDidEnd: stream.record(.tunnelClosed)) }
             let wasOpening = stream.state.receivedReset()
             let endpoint = stream.endpoint
             stream.endpoint = nil

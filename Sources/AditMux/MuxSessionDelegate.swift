@@ -15,6 +15,9 @@ public protocol MuxSessionDelegate: AnyObject {
     /// A listener ended after it was set up: the peer or we reset it. Not called when the session closes.
     func muxSession(_ session: MuxHandler, listenerDidClose listener: StreamID, code: ResetCode, reason: String)
 
+    /// An established stream ended (any way, including with its session): what it carried and how it ended.
+    func muxSession(_ session: MuxHandler, streamDidEnd record: MuxStreamRecord)
+
     /// The peer started a graceful drain: open no new streams on this session.
     func muxSessionDidReceiveGoAway(_ session: MuxHandler, code: ResetCode, reason: String)
 
@@ -28,4 +31,6 @@ extension MuxSessionDelegate {
     }
 
     public func muxSession(_ session: MuxHandler, listenerDidClose listener: StreamID, code: ResetCode, reason: String) {}
+
+    public func muxSession(_ session: MuxHandler, streamDidEnd record: MuxStreamRecord) {}
 }

@@ -13,6 +13,12 @@ final class MuxStream {
     /// When we sent OPEN (streams we open), for the open timeout.
     var openedAt: NIODeadline = .now()
 
+    /// OPEN_OK was sent or received: the stream carried (or could carry) data, and gets a `MuxStreamRecord`.
+    var established = false
+    /// Payload bytes received from the peer and sent to it, for the stream's record.
+    var bytesFromPeer = 0
+    var bytesToPeer = 0
+
     /// Bytes read from the endpoint, not yet framed (datagram streams: one datagram per element).
     var outbound = CircularBuffer<ByteBuffer>(initialCapacity: 2)
     var outboundBytes = 0
@@ -69,5 +75,12 @@ final class MuxStream {
 extension CircularBuffer {
     fileprivate mutating func withMutableFront(_ body: (inout Element) -> Void) {
         body(&self[self.startIndex])
+    }
+}
+
+extension MuxStream {
+    func record(_ end: MuxStreamRecord.End) -> MuxStreamRecord {
+        MuxStreamRecord(id: id, request: request, bytesFromPeer: bytesFromPeer, bytesToPeer: bytesToPeer,
+                        duration: .now() - openedAt, end: end)
     }
 }

@@ -31,6 +31,8 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
     private var timer: Scheduled<Void>?
     private var bodyTimer: Scheduled<Void>?
     private var requestSent = false
+    /// The first bytes of the answer, to tell a non-HTTP service at once.
+    private var answerStart: [UInt8] = []
 
     public init(configuration: WebSocketClientConfiguration, upgraded: EventLoopPromise<Void>,
                 onUpgrade: @escaping UpgradeCallback) {
@@ -70,6 +72,15 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
         if refusal != nil {
             collectBody(bytes, context: context)
             return
+        }
+        // A service that is not HTTP (an SSH banner, a database greeting) is named by what it said, at once,
+        // rather than by the reset or timeout that follows.
+        if answerStart.count < 5 {
+            answerStart += bytes.readableBytesView.prefix(5 - answerStart.count)
+            if answerStart.count == 5 || bytes.readableBytes == 0, !"HTTP/".utf8.starts(with: answerStart) {
+                fail(.notHTTP(Self.printable(bytes)), context: context)
+                return
+            }
         }
         let parsed: HTTPResponseHeadParser.Result
         do {
@@ -164,6 +175,12 @@ public final class WebSocketClientHandshakeHandler: ChannelInboundHandler, Remov
             fail(.closedDuringHandshake, context: context)
         }
         context.fireChannelInactive()
+    }
+
+    /// The start of a non-HTTP answer as text fit for a log line: its first line, printable ASCII only.
+    static func printable(_ bytes: ByteBuffer) -> String {
+        let line = bytes.readableBytesView.prefix(60).prefix { $0 != 0x0D && $0 != 0x0A }
+        return String(decoding: line.map { (0x20..<0x7F).contains($0) ? $0 : UInt8(ascii: ".") }, as: UTF8.self)
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {

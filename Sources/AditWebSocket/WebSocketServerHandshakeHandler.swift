@@ -26,6 +26,7 @@ public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, Remov
     private let logger: Logger
     private var parser = HTTPRequestHeadParser()
     private var state = State.readingRequest
+    private var sawFirstByte = false
     private var timer: Scheduled<Void>?
     private var context: ChannelHandlerContext?
 
@@ -79,8 +80,20 @@ public final class WebSocketServerHandshakeHandler: ChannelInboundHandler, Remov
             held.writeBuffer(&bytes)
             state = .deciding(head, upgrade, held: held)
         case .readingRequest:
+            let bytes = unwrapInboundIn(data)
+            if !sawFirstByte, let first = bytes.getInteger(at: bytes.readerIndex, as: UInt8.self) {
+                sawFirstByte = true
+                // 0x16 opens a TLS handshake record: a wss:// client on this plain port. Answering at once (in
+                // plain text, which its TLS stack reports as "wrong version") beats waiting out the timeout.
+                if first == 0x16 {
+                    logger.info("a client spoke TLS to this plain ws:// port (wss:// against ws://?): answered 400")
+                    refuse(.badRequest, "This Adit server speaks plain ws://, not TLS: use a ws:// URL, or serve TLS with --tls-cert and --tls-key.\n",
+                           extraHeaders: [], context: context)
+                    return
+                }
+            }
             do {
-                switch try parser.append(unwrapInboundIn(data)) {
+                switch try parser.append(bytes) {
                 case .needMoreData:
                     return
                 case .head(let head, let rest):

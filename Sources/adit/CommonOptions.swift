@@ -18,9 +18,17 @@ struct LoggingOptions: ParsableArguments {
         valueName: "level"))
     var logLevel: String?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Log lines as text (for people) or json (one JSON object per line: time, level, logger, message and the line's fields, for log collectors). Example: --log-format json",
+        valueName: "text|json"))
+    var logFormat: String = "text"
+
     func validate() throws {
         if let logLevel, Logger.Level(rawValue: logLevel.lowercased()) == nil {
             throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error")
+        }
+        if !["text", "json"].contains(logFormat.lowercased()) {
+            throw ValidationError("--log-format '\(logFormat)' is not one of text, json")
         }
     }
 
@@ -28,7 +36,7 @@ struct LoggingOptions: ParsableArguments {
     /// user's ssh terminal).
     func makeLogger(label: String, quietDefault: Bool = false) -> Logger {
         let level = logLevel.flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? (quietDefault ? .warning : .info)
-        LoggingBootstrapOnce.run(level: level)
+        LoggingBootstrapOnce.run(level: level, json: logFormat.lowercased() == "json")
         var logger = Logger(label: label)
         logger.logLevel = level
         return logger
@@ -37,10 +45,15 @@ struct LoggingOptions: ParsableArguments {
 
 enum LoggingBootstrapOnce {
     nonisolated(unsafe) static var done = false
-    static func run(level: Logger.Level) {
+    static func run(level: Logger.Level, json: Bool = false) {
         guard !done else { return }
         done = true
         LoggingSystem.bootstrap { label in
+            if json {
+                var handler = JSONLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
@@ -181,12 +194,14 @@ func runService(_ service: some Service & Sendable, extra: [any Service] = [], l
     let group = ServiceGroup(configuration: .init(
         // The main service returns on its own only when its work is done (--stdio): that ends the process.
         services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)]
-            + extra.map { .init(service: $0) },
+            // A side listener that fails later must still let the tunnel drain and the process end.
+            + extra.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) },
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: Logger(label: "adit.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })))
     let impatience = SecondSignalExit(logger: logger)
     defer { impatience.cancel() }
     do {
+        for case let listener as any BindingService in extra { try await listener.bind() }
         try await group.run()
     } catch let error as ConfigurationError {
         logger.error("\(error.message)")

@@ -47,6 +47,11 @@ struct ServerCommand: AsyncParsableCommand {
         valueName: "origin"))
     var allowOrigin: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp(
+        "A reverse proxy (address or CIDR, repeatable) whose X-Forwarded-For names the client: behind nginx or haproxy, the access log, the per-address limit and the password throttle then see the client, not the proxy. Only connections from these addresses are believed. Example: --trusted-proxy 10.0.0.0/8",
+        valueName: "cidr"))
+    var trustedProxy: [String] = []
+
     @Option(name: .long, help: ArgumentHelp("Most tunnels open at once; more are answered 429. Example: --max-sessions 5000",
                                             valueName: "n"))
     var maxSessions: Int = 10_000
@@ -103,6 +108,7 @@ struct ServerCommand: AsyncParsableCommand {
             }
             _ = try TargetPolicy.parse(allow)
             _ = try TargetPolicy.parse(allowReverse, flag: "--allow-reverse")
+            _ = try TrustedProxies.parse(trustedProxy)
             if let users {
                 do {
                     _ = try UsersFile.load(path: users)
@@ -148,6 +154,7 @@ struct ServerCommand: AsyncParsableCommand {
             logger.warning("no --users file: anyone who can reach this port may open streams to the --allow targets; add users before exposing it")
         }
         config.allowedOrigins = allowOrigin.isEmpty ? nil : allowOrigin
+        config.trustedProxies = try TrustedProxies.parse(trustedProxy)
         config.sessionLimits = SessionLimits(total: maxSessions, perAddress: maxSessionsPerAddress, perUser: maxSessionsPerUser)
         config.handshakeTimeout = .seconds(Int64(handshakeTimeout))
         config.udpIdleTimeout = .seconds(Int64(udpTimeout))

@@ -51,6 +51,19 @@ import Testing
             _ = try TargetPattern.parse("::1:22")
         }
     }
+
+    /// Commas separate patterns; any other separator is named as the mistake, not taken for unbracketed IPv6.
+    @Test(arguments: ["a:22;b:80", "a:22 b:80", "a:22|b:80"])
+    func severalPatternsWithTheWrongSeparatorGetTheSeparatorHint(_ text: String) {
+        #expect(throws: ConfigurationError("--allow '\(text)' is not one HOST:PORT pattern: separate several with commas ('a:22,b:80') or repeat --allow")) {
+            _ = try TargetPattern.parse(text)
+        }
+    }
+
+    @Test func aCommaListIsSeveralPatterns() throws {
+        let policy = try TargetPolicy.parse(["a.example:22, b.example:80"])
+        #expect(policy.patterns.map(\.text) == ["a.example:22", "b.example:80"])
+    }
 }
 
 /// Loopback, link-local and metadata addresses are never reached through a broad rule (issue 8).

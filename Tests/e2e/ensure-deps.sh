@@ -2,7 +2,9 @@
 # Make sure the build and the tests have what they need: zlib's headers (permessage-deflate), python3 with
 # pytest and websockets, the foreign WebSocket peers the tests run (chromium, websockify), the proxies
 # (squid, tinyproxy, htpasswd from apache2-utils), an MIT KDC for the Negotiate test, and the real clients and
-# servers of the fronts' tests (curl, OpenSSH, dnsmasq and dig), Debian's SOCKS server (dante) and ss (iproute2).
+# servers of the fronts' tests (curl, OpenSSH, dnsmasq and dig), Debian's SOCKS server (dante) and ss (iproute2),
+# and the tools that check examples/ (nginx, haproxy, docker-compose, systemd-analyze; kubernetes-validate and
+# PyYAML from requirements.txt).
 # Idempotent; a no-op (a few checks) when everything is present.
 # Usage: Tests/e2e/ensure-deps.sh        (PYTHON=... to pick the interpreter)
 set -eu
@@ -17,6 +19,9 @@ check_versions() {
 import re, sys
 from importlib import metadata
 
+# The module to import where it is not the distribution's name with - as _.
+IMPORT_NAMES = {"pyyaml": "yaml"}
+
 def parts(v):
     return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
 
@@ -30,7 +35,7 @@ for line in open(sys.argv[1]):
         sys.exit(f"ensure-deps: cannot read requirement {line!r}")
     name, minimum = m.groups()
     try:
-        __import__(name)
+        __import__(IMPORT_NAMES.get(name.lower(), name.replace("-", "_")))
         have = metadata.version(name)
     except Exception as e:
         bad.append(f"{name} is not importable ({type(e).__name__})")
@@ -67,6 +72,11 @@ command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$miss
 command -v dig >/dev/null 2>&1 || missing="$missing dnsutils"
 command -v danted >/dev/null 2>&1 || [ -x /usr/sbin/danted ] || missing="$missing dante-server"
 command -v ss >/dev/null 2>&1 || missing="$missing iproute2"
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
+command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+# `docker compose config` (the plugin) or Debian's docker-compose: either validates a compose file without a daemon.
+{ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; } || missing="$missing docker-compose"
 command -v "$PY" >/dev/null 2>&1 || missing="$missing python3 python3-pip"
 if [ -n "$missing" ]; then
     echo "ensure-deps: installing$missing" >&2

@@ -75,6 +75,10 @@ def test_reverse_only_client(adit, targets):
     echo.wait_results(1, timeout=5)
     assert echo.accepted == 1
     assert client.alive(), f"a client with only -R exited with {client.returncode}"
+    # The server's access log has the reverse connection: where it came from, the listener, 5000 B each way.
+    line = server.wait_for_log("access: reverse connection from 127.0.0.1:", timeout=10)
+    assert f"on 127.0.0.1:{rport} finished, 5000 B from the client, 5000 B to it" in line, line
+    assert "direction=reverse" in line, line
 
 
 @pytest.mark.deadline(40)

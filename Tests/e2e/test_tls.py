@@ -172,14 +172,18 @@ def test_mutual_tls(adit, targets, pki, adit_bin, tmp_path):
 
 @pytest.mark.deadline(40)
 def test_tls_mismatches_are_named(adit, targets, pki):
+    """Both ways round, named at once on both sides (test_operations.py checks the timing and the exit)."""
     echo = targets.echo()
     plain = adit.server([f"127.0.0.1:{echo.port}"])
     tls_to_plain, _ = wss_client(adit, plain, echo.port, ["--insecure"], ready=False)
-    assert tls_to_plain.wait_for_log("it does not speak TLS (is it ws:// rather than wss://?)", timeout=10)
+    assert tls_to_plain.wait_for_log("the server answered in plain text, not TLS: for a plain ws:// server use a ws:// URL", timeout=10)
+    assert plain.wait_for_log("a client spoke TLS to this plain ws:// port", timeout=10)
     secure = wss_server(adit, echo.port, pki)
     local = H.free_port()
-    plain_to_tls = adit.client(f"ws://127.0.0.1:{secure.port}/", [(local, "127.0.0.1", echo.port)])
-    assert secure.wait_for_log("does not speak TLS", timeout=10)
+    plain_to_tls = adit.client(f"ws://127.0.0.1:{secure.port}/", [(local, "127.0.0.1", echo.port)], wait=False)
+    assert secure.wait_for_log("a client spoke plain HTTP to this wss:// port", timeout=10)
+    H.assert_stops(plain_to_tls)
+    assert "This Adit server speaks TLS: use a wss:// URL." in plain_to_tls.log_text()
 
 
 BAD = [

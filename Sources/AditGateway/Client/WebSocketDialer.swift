@@ -228,7 +228,10 @@ struct WebSocketDialer {
         if text.contains("CERTIFICATE_VERIFY_FAILED") {
             return "the server's certificate for \(host) is not trusted: give its CA with --ca-file, or pin its key with --pin sha256/… (adit keygen prints it) and --pin-only; --insecure only for a test"
         }
-        if text.contains("WRONG_VERSION_NUMBER") || text.contains("HTTP_REQUEST") || text.contains("EOF during handshake") {
+        if text.contains("WRONG_VERSION_NUMBER") || text.contains("HTTP_REQUEST") {
+            return "the server answered in plain text, not TLS: for a plain ws:// server use a ws:// URL (wss:// needs --tls-cert and --tls-key on the server)"
+        }
+        if text.contains("EOF during handshake") {
             return "the server closed the connection during the TLS handshake: it does not speak TLS (is it ws:// rather than wss://?) or it wants a client certificate (--tls-cert, --tls-key)"
         }
         if text.contains("CERTIFICATE_REQUIRED") || text.contains("HANDSHAKE_FAILURE") {
@@ -253,7 +256,10 @@ struct WebSocketDialer {
     /// client stops with the error instead of retrying (rejected credentials retried every 15 s can lock an
     /// account).
     func isPermanent(_ error: any Error) -> Bool {
-        if case .unexpectedStatus(let code, _, _) = error as? WebSocketUpgradeError { return code == 401 || code == 403 }
+        if case .unexpectedStatus(let code, _, let body) = error as? WebSocketUpgradeError {
+            // 401/403: credentials; 404: the URL's path; 400 naming TLS: the URL's scheme. None heals by itself.
+            return code == 401 || code == 403 || code == 404 || (code == 400 && body.contains("speaks TLS"))
+        }
         if let proxyError = error as? ProxyDialError, let connect = proxyError.underlying as? ProxyConnectError {
             switch connect {
             case .credentialsRequired, .credentialsRejected, .unsupportedSchemes: return true

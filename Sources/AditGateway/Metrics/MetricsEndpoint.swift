@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -7,12 +8,13 @@ import ServiceLifecycle
 
 /// Serves `GET /metrics` in the Prometheus text format on its own address (`--metrics HOST:PORT`), apart from
 /// the tunnel port so it is never exposed with it. swift-prometheus has no HTTP server of its own.
-public final class MetricsEndpoint: Service, @unchecked Sendable {
+public final class MetricsEndpoint: BindingService, @unchecked Sendable {
     private let address: HostPort
     private let registry: PrometheusCollectorRegistry
     private let logger: Logger
     private let group: MultiThreadedEventLoopGroup
     private let started: EventLoopPromise<SocketAddress>
+    private let channel = NIOLockedValueBox<(any Channel)?>(nil)
 
     public init(address: HostPort, registry: PrometheusCollectorRegistry, logger: Logger) {
         self.address = address
@@ -24,11 +26,14 @@ public final class MetricsEndpoint: Service, @unchecked Sendable {
 
     public var localAddress: EventLoopFuture<SocketAddress> { started.futureResult }
 
-    public func run() async throws {
+    /// Binds the listener. Called before the process reports itself up, so an address in use is a startup
+    /// error (exit 1) rather than a service that fails while the tunnel goes on without it.
+    public func bind() async throws {
+        guard channel.withLockedValue({ $0 }) == nil else { return }
         let registry = self.registry
-        let channel: any Channel
+        let bound: any Channel
         do {
-            channel = try await TunnelChannelOptions.backingOffAccepts(ServerBootstrap(group: group))
+            bound = try await TunnelChannelOptions.backingOffAccepts(ServerBootstrap(group: group))
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -42,11 +47,21 @@ public final class MetricsEndpoint: Service, @unchecked Sendable {
             try? await group.shutdownGracefully()
             throw ConfigurationError("cannot serve metrics on \(address): \(describeBindError(error))")
         }
-        started.succeed(channel.localAddress!)
+        channel.withLockedValue { $0 = bound }
+        started.succeed(bound.localAddress!)
         logger.notice("metrics on http://\(address)/metrics")
-        await withGracefulShutdownHandler {
-            try? await channel.closeFuture.get()
-        } onGracefulShutdown: {
+    }
+
+    public func run() async throws {
+        try await bind()
+        guard let channel = channel.withLockedValue({ $0 }) else { return }
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                try? await channel.closeFuture.get()
+            } onGracefulShutdown: {
+                channel.close(promise: nil)
+            }
+        } onCancel: {
             channel.close(promise: nil)
         }
         try? await group.shutdownGracefully()

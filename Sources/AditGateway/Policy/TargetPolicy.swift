@@ -154,8 +154,11 @@ public struct TargetPattern: Sendable, Equatable, CustomStringConvertible {
             rule = .suffix(suffix)
         } else {
             guard TargetPattern.isHostName(hostText) else {
-                if hostText.contains(":") {
+                if IPAddressText.parseIPv6(hostText) != nil {
                     throw ConfigurationError("\(flag) '\(fullText)': put IPv6 addresses in brackets, e.g. [::1]:22")
+                }
+                if hostText.contains(":") {
+                    throw ConfigurationError("\(flag) '\(fullText)' is not one HOST:PORT pattern: separate several with commas ('a:22,b:80') or repeat \(flag)")
                 }
                 throw ConfigurationError(usage)
             }

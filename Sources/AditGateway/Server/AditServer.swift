@@ -30,6 +30,8 @@ public final class AditServer: Service, @unchecked Sendable {
         public var allowedOrigins: [String]?
         /// Tunnels at once: in all, per client address, per user.
         public var sessionLimits = SessionLimits()
+        /// `--trusted-proxy`: reverse proxies whose `X-Forwarded-For` names the client.
+        public var trustedProxies = TrustedProxies()
         /// A client that has not finished its upgrade request by then is closed (slowloris).
         public var handshakeTimeout: TimeAmount = .seconds(10)
         public var path = "/"
@@ -127,6 +129,7 @@ public final class AditServer: Service, @unchecked Sendable {
             .childChannelInitializer { [weak self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tlsContext {
+                        try channel.pipeline.syncOperations.addHandler(PlaintextOnTLSPortHandler(logger: logger))
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext))
                         try channel.pipeline.syncOperations.addHandler(TLSFailureLogger(logger: logger))
                     }
@@ -214,8 +217,19 @@ public final class AditServer: Service, @unchecked Sendable {
                 admission.refuse(.serviceUnavailable, "the server is shutting down")
                 return
             }
+            var peer = peer
+            var logger = sessionLogger
+            if let proxy = peer, !self.configuration.trustedProxies.isEmpty {
+                let (client, forwarded) = self.configuration.trustedProxies.clientAddress(peer: proxy.host, headers: head.headers)
+                if forwarded {
+                    // Behind a trusted reverse proxy: the client is who the proxy says; the proxy is kept as "via".
+                    peer = HostPort(host: client, port: 0)
+                    logger[metadataKey: "peer"] = "\(client)"
+                    logger[metadataKey: "via"] = "\(proxy)"
+                }
+            }
             self.admit(channel, head: head, upgrade: upgrade, admission: admission, peer: peer, connector: connector,
-                       logger: sessionLogger)
+                       logger: logger)
         })
     }
 

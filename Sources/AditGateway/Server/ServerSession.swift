@@ -74,6 +74,45 @@ final class ServerSession: MuxSessionDelegate {
         }
     }
 
+    /// The access log: one line per stream at its end, with who (the session logger carries user and peer),
+    /// what, how much each way, how long and how it ended. Refusals are logged where they are decided.
+    func muxSession(_ session: MuxHandler, streamDidEnd record: MuxStreamRecord) {
+        let what: String
+        if let listener = record.request.listener {
+            let bound = listeners[listener].map { Self.shown($0.channel, $0.kind) } ?? "a reverse listener"
+            what = "reverse connection from \(record.request.target) on \(bound)"
+        } else {
+            what = "stream to \(record.request)"
+        }
+        let ended: String
+        switch record.end {
+        case .finished: ended = "finished"
+        case .resetByPeer(.closed, _): ended = "closed early by the client"
+        case .resetByPeer(let code, _): ended = "reset by the client (\(code.summary))"
+        case .resetByUs(.closed, _): ended = "closed early by the target"
+        case .resetByUs(let code, _): ended = "reset by the server (\(code.summary))"
+        case .tunnelClosed: ended = "cut by the tunnel's end"
+        }
+        let milliseconds = record.duration.nanoseconds / 1_000_000
+        var metadata: Logger.Metadata = [
+            "stream": "\(record.id)",
+            "target": "\(record.request.listener == nil ? "\(record.request)" : "\(record.request.target)")",
+            "bytes_from_client": .stringConvertible(record.bytesFromPeer),
+            "bytes_to_client": .stringConvertible(record.bytesToPeer),
+            "duration_ms": .stringConvertible(milliseconds),
+            "end": "\(ended)",
+        ]
+        if logger[metadataKey: "user"] == nil { metadata["user"] = "-" }
+        if record.request.listener != nil { metadata["direction"] = "reverse" }
+        logger.info("access: \(what) \(ended), \(record.bytesFromPeer) B from the client, \(record.bytesToPeer) B to it, \(Self.seconds(milliseconds)) s",
+                    metadata: metadata)
+    }
+
+    private static func seconds(_ milliseconds: Int64) -> String {
+        let whole = milliseconds / 1000, fraction = milliseconds % 1000
+        return "\(whole).\(String(repeating: "0", count: 3 - "\(fraction)".count))\(fraction)"
+    }
+
     // MARK: Reverse forwarding
 
     func muxSession(_ session: MuxHandler, didReceiveListen listener: StreamID, request: MuxListenRequest) {

@@ -24,19 +24,14 @@ final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         let peer = context.channel.remoteAddress.map { HostPort(host: $0.ipAddress ?? "?", port: $0.port ?? 0).description } ?? "?"
-        let text = "\(error)"
-        if text.contains("EOF during handshake") {
+        guard let why = TLSFailureReason.serverSide(error) else {
             // A connect-and-close (a health check, a port probe): not worth a line at info.
             logger.debug("a client closed before finishing the TLS handshake", metadata: ["peer": "\(peer)"])
             context.close(promise: nil)
             return
         }
-        let why = text.contains("HTTP_REQUEST") || text.contains("WRONG_VERSION_NUMBER")
-            ? "it does not speak TLS (a ws:// client on this wss:// port?)"
-            : text.contains("CERTIFICATE_REQUIRED") || text.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE")
-                ? "it sent no client certificate, and --tls-ca requires one"
-                : text
         logger.info("TLS handshake with a client failed: \(why)", metadata: ["peer": "\(peer)"])
+        logger.debug("TLS handshake failure in detail", metadata: ["peer": "\(peer)", "error": "\(error)"])
         context.close(promise: nil)
     }
 }

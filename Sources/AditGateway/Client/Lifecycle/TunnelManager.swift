@@ -342,11 +342,18 @@ func describeConnectError(_ error: any Error, url: TunnelURL, what: String = "ad
         case ECONNREFUSED: return "connection refused (is \(what) running on \(url.host):\(url.port)?)"
         case ENETUNREACH, EHOSTUNREACH: return "network unreachable"
         case ETIMEDOUT: return "connection timed out"
-        default: return "\(io)"
+        case ECONNRESET, EPIPE:
+            return "\(url.host):\(url.port) reset the connection before answering (is it \(what == "adit server" ? "an Adit server" : what), and is the URL's scheme, ws:// or wss://, the one it speaks?)"
+        default: return "\(url.host):\(url.port): \(describeErrno(io.errnoCode))"
         }
     }
     if let channelError = error as? ChannelError, case .connectTimeout = channelError {
         return "connection timed out"
     }
     return "\(error)"
+}
+
+/// An errno as the C library words it ("Connection reset by peer"), without NIO's system-call name.
+func describeErrno(_ code: Int32) -> String {
+    String(cString: strerror(code)) + " (errno \(code))"
 }
