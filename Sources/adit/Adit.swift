@@ -1,4 +1,5 @@
 import ArgumentParser
+import AditGateway
 
 @main
 struct Adit: AsyncParsableCommand {
@@ -18,6 +19,3 @@ struct Adit: AsyncParsableCommand {
     )
 }
 
-enum AditVersion {
-    static let current = "0.1.0"
-}

@@ -331,9 +331,10 @@ struct ClientCommand: AsyncParsableCommand {
         config.channelOptions.tunnelSocketBuffer = tunnel.tunnelSocketBuffer
         config.connectTimeout = .seconds(Int64(connectTimeout))
         let exported = try metricsOptions.makeMetrics(logger: logger)
-        config.metrics = exported?.0
+        config.metrics = exported.metrics
         let client = try AditClient(configuration: config, logger: logger)
-        try await runService(client, extra: exported.map { [$0.1] } ?? [], logger: logger)
+        exported.admin?.report(on: client)
+        try await runService(client, extra: exported.listeners, logger: logger)
         if config.stdioTarget != nil, let failure = client.stdioFailure {
             logger.error("\(failure)")
             throw ExitCode(1)

@@ -170,22 +170,39 @@ struct MetricsOptions: ParsableArguments {
         valueName: "host:port"))
     var metrics: String?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Serve the admin listener on HOST:PORT: /healthz, /readyz (server: listening and not draining; client: tunnel up), /metrics and /status (a live page of the tunnel sessions). Off by default; keep it on loopback or a private network. Example: --admin 127.0.0.1:9090",
+        valueName: "host:port"))
+    var admin: String?
+
     func validate() throws {
-        if let metrics {
-            do { _ = try HostPort.parse(metrics, what: "--metrics", allowZeroPort: true) } catch {
+        for (flag, value) in [("--metrics", metrics), ("--admin", admin)] {
+            guard let value else { continue }
+            do { _ = try HostPort.parse(value, what: flag, allowZeroPort: true) } catch {
                 throw ValidationError(error.message)
             }
         }
     }
 
-    /// Bootstraps swift-metrics with a Prometheus registry when `--metrics` is given.
-    func makeMetrics(logger: Logger) throws -> (TunnelMetrics, MetricsEndpoint)? {
-        guard let metrics else { return nil }
+    /// Bootstraps swift-metrics with a Prometheus registry when `--metrics` or `--admin` is given, and makes
+    /// their listeners. The admin listener still needs `report(on:)` with the program it describes.
+    func makeMetrics(logger: Logger) throws -> (metrics: TunnelMetrics?, listeners: [any BindingService], admin: AdminEndpoint?) {
+        guard metrics != nil || admin != nil else { return (nil, [], nil) }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let endpoint = MetricsEndpoint(address: try HostPort.parse(metrics, what: "--metrics", allowZeroPort: true),
-                                       registry: registry, logger: logger)
-        return (TunnelMetrics(), endpoint)
+        var listeners: [any BindingService] = []
+        if let metrics {
+            listeners.append(MetricsEndpoint(address: try HostPort.parse(metrics, what: "--metrics", allowZeroPort: true),
+                                             registry: registry, logger: logger))
+        }
+        var adminEndpoint: AdminEndpoint?
+        if let admin {
+            let endpoint = AdminEndpoint(address: try HostPort.parse(admin, what: "--admin", allowZeroPort: true),
+                                         registry: registry, logger: logger)
+            listeners.append(endpoint)
+            adminEndpoint = endpoint
+        }
+        return (TunnelMetrics(), listeners, adminEndpoint)
     }
 }
 
@@ -193,9 +210,11 @@ struct MetricsOptions: ParsableArguments {
 func runService(_ service: some Service & Sendable, extra: [any Service] = [], logger: Logger) async throws {
     let group = ServiceGroup(configuration: .init(
         // The main service returns on its own only when its work is done (--stdio): that ends the process.
-        services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)]
-            // A side listener that fails later must still let the tunnel drain and the process end.
-            + extra.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) },
+        // A side listener that fails later must still let the tunnel drain and the process end. The group shuts
+        // services down in reverse order: the main one (last) drains first while the admin listener still
+        // answers /readyz with 503 and serves /status.
+        services: extra.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }
+            + [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: Logger(label: "adit.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })))
     let impatience = SecondSignalExit(logger: logger)

@@ -169,8 +169,9 @@ struct ServerCommand: AsyncParsableCommand {
         config.rawRoutes = try raw.map(RawBridgeRoute.parse)
         config.rawMaxMessageSize = compression.rawMaxMessageSize
         let exported = try metricsOptions.makeMetrics(logger: logger)
-        config.metrics = exported?.0
-        try await runService(AditServer(configuration: config, logger: logger), extra: exported.map { [$0.1] } ?? [],
-                             logger: logger)
+        config.metrics = exported.metrics
+        let server = AditServer(configuration: config, logger: logger)
+        exported.admin?.report(on: server)
+        try await runService(server, extra: exported.listeners, logger: logger)
     }
 }

@@ -116,6 +116,7 @@ public final class AditClient: Service, @unchecked Sendable {
     private let started: EventLoopPromise<[SocketAddress]>
     /// With `--stdio`: completes when its one stream ended, with how it ended.
     private var stdio: StdioFront?
+    private let startedAt = NIODeadline.now()
 
     /// One event loop carries the tunnel and all its local connections: a single core does the relaying,
     /// with no cross-thread hand-offs on the data path. Fails when a TLS file cannot be loaded: a wss:// client
@@ -320,5 +321,33 @@ public struct LocalCredentials: Sendable, Equatable {
         let userMatches = constantTimeEquals(Array(user.utf8), Array(self.user.utf8))
         let passwordMatches = constantTimeEquals(Array(password.utf8), Array(self.password.utf8))
         return userMatches && passwordMatches
+    }
+}
+
+// MARK: The admin listener's view
+
+extension AditClient: AdminStatusSource {
+    public func isReady() async -> Bool {
+        let manager = self.manager
+        return (try? await eventLoop.submit { manager.value.isTunnelReady }.get()) ?? false
+    }
+
+    public func adminStatus() async -> AdminStatus {
+        let manager = self.manager
+        let startedAt = self.startedAt
+        let (state, rows) = (try? await eventLoop.submit { () -> (String, [AdminStatus.Session]) in
+            let m = manager.value
+            return (m.stateSummary, m.sessionStatus())
+        }.get()) ?? ("stopped", [])
+        let config = configuration
+        var details: [String] = ["servers: " + config.servers.map(\.description).joined(separator: ", ")]
+        details += config.forwards.map { "-L \($0)" }
+        details += config.reverseForwards.map { "-R \($0)" }
+        details += config.socksListeners.map { "-D \($0) (SOCKS5)" }
+        details += config.httpProxyListeners.map { "--http-proxy \($0)" }
+        if let target = config.stdioTarget { details.append("--stdio \(target)") }
+        return AdminStatus(role: "client", version: AditVersion.current,
+                           uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
+                           ready: state == "tunnel up", state: state, details: details, sessions: rows)
     }
 }

@@ -24,42 +24,57 @@ public final class TunnelMetrics: Sendable {
     /// Compressed bytes received, and what they inflated to.
     let inflateInput = Counter(label: "adit_decompression_bytes_total", dimensions: [("stage", "before")])
     let inflateOutput = Counter(label: "adit_decompression_bytes_total", dimensions: [("stage", "after")])
-    private let resets = NIOLockedValueBox<[ResetCode: Counter]>([:])
-    private let authFailures = NIOLockedValueBox<[String: Counter]>([:])
+    /// The client dialled again (after losing its tunnel or failing a dial).
+    let reconnects = Counter(label: "adit_tunnel_reconnects_total")
+    /// The round trip of the last keepalive PING answered (on the server: of any session).
+    let roundTrip = Gauge(label: "adit_tunnel_rtt_seconds")
+    /// Labelled families whose label values appear at run time (reasons, limits, users, outcomes): one metric
+    /// per value, made the first time it is seen.
+    private let labelled = NIOLockedValueBox<[String: Counter]>([:])
+    private let sessionsByUser = NIOLockedValueBox<[String: Meter]>([:])
 
-    private let limitHits = NIOLockedValueBox<[String: Counter]>([:])
+    private func counter(_ label: String, _ dimension: String, _ value: String) -> Counter {
+        labelled.withLockedValue { counters in
+            let key = label + "\u{0}" + value
+            if let existing = counters[key] { return existing }
+            let counter = Counter(label: label, dimensions: [(dimension, value)])
+            counters[key] = counter
+            return counter
+        }
+    }
+
+    /// A server session began (+1) or ended (-1) for `user` ("-" without a users file). Users come from the
+    /// operator's file, so the label's values are bounded.
+    func session(user: String, delta: Double) {
+        let meter = sessionsByUser.withLockedValue { meters in
+            if let existing = meters[user] { return existing }
+            let meter = Meter(label: "adit_sessions_open", dimensions: [("user", user)])
+            meters[user] = meter
+            return meter
+        }
+        meter.increment(by: delta)
+    }
+
+    /// A stream this side asked for was answered: `ok`, or the reason it was refused (a reset code's label,
+    /// `no_tunnel`, `tunnel_closed`).
+    func streamOpen(outcome: String) {
+        counter("adit_stream_opens_total", "outcome", outcome).increment()
+    }
 
     /// A limit was reached: sessions (total, per address, per user), streams, a handshake that took too long.
     func limitHit(_ limit: String) {
-        let counter = limitHits.withLockedValue { counters in
-            if let existing = counters[limit] { return existing }
-            let counter = Counter(label: "adit_limit_hits_total", dimensions: [("limit", limit)])
-            counters[limit] = counter
-            return counter
-        }
-        counter.increment()
+        counter("adit_limit_hits_total", "limit", limit).increment()
     }
 
     /// A tunnel refused before its 101: `unauthorized` (no or wrong credentials) or `forbidden`.
     func authFailure(_ reason: String) {
-        let counter = authFailures.withLockedValue { counters in
-            if let existing = counters[reason] { return existing }
-            let counter = Counter(label: "adit_auth_failures_total", dimensions: [("reason", reason)])
-            counters[reason] = counter
-            return counter
-        }
-        counter.increment()
+        counter("adit_auth_failures_total", "reason", reason).increment()
     }
 
     public init() {}
 
     func resetCounter(_ code: ResetCode) -> Counter {
-        resets.withLockedValue { counters in
-            if let existing = counters[code] { return existing }
-            let counter = Counter(label: "adit_stream_resets_total", dimensions: [("reason", code.metricLabel)])
-            counters[code] = counter
-            return counter
-        }
+        counter("adit_stream_resets_total", "reason", code.metricLabel)
     }
 }
 
@@ -87,6 +102,7 @@ final class SessionMetricsExporter {
     private var exported = MuxStatistics()
     private var exportedCompression = CompressionStatistics()
     private var exportedStreams = 0
+    private var exportedRoundTrip: TimeAmount?
     private var task: RepeatedTask?
 
     init(metrics: TunnelMetrics, session: MuxHandler, webSocket: WebSocketConnectionHandler?, eventLoop: any EventLoop) {
@@ -121,6 +137,10 @@ final class SessionMetricsExporter {
             metrics.inflateInput.increment(by: compression.bytesBeforeInflating - before.bytesBeforeInflating)
             metrics.inflateOutput.increment(by: compression.bytesAfterInflating - before.bytesAfterInflating)
             exportedCompression = compression
+        }
+        if let rtt = session.lastRoundTrip, rtt != exportedRoundTrip {
+            metrics.roundTrip.record(Double(rtt.nanoseconds) / 1e9)
+            exportedRoundTrip = rtt
         }
         let streams = session.streamCount
         if streams != exportedStreams {

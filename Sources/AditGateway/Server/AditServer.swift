@@ -14,7 +14,7 @@ import Glibc
 #endif
 
 /// `adit server`: accepts tunnels over WebSocket and splices their streams to the targets the policy allows.
-public final class AditServer: Service, @unchecked Sendable {
+public final class AditServer: Service, AdminStatusSource, @unchecked Sendable {
     public struct Configuration: Sendable {
         public var listen: HostPort
         public var policy: TargetPolicy
@@ -74,8 +74,15 @@ public final class AditServer: Service, @unchecked Sendable {
     struct SessionRecord {
         var mux: NIOLoopBound<MuxHandler>
         var session: NIOLoopBound<ServerSession>
+        var webSocket: NIOLoopBound<WebSocketConnectionHandler>
         var identity: Identity
+        var peer: String
+        var openedAt: NIODeadline
     }
+    /// Listening, then draining: what `/readyz` answers.
+    private let phase = NIOLockedValueBox(Phase.starting)
+    private enum Phase { case starting, listening, draining }
+    private let startedAt = NIODeadline.now()
     private let watcher = NIOLockedValueBox<UsersFileWatcher?>(nil)
     /// Open raw-bridge WebSockets, so that shutdown can wait for them and then close them with 1001.
     private let rawBridges = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -112,8 +119,10 @@ public final class AditServer: Service, @unchecked Sendable {
         await withGracefulShutdownHandler {
             try? await self.listener?.closeFuture.get()
         } onGracefulShutdown: {
+            self.phase.withLockedValue { $0 = .draining }
             self.listener?.close(promise: nil)
         }
+        phase.withLockedValue { $0 = .draining }
         watcher.withLockedValue { $0?.stop() }
         await drain()
         try? await shutdownGroup()
@@ -150,6 +159,7 @@ public final class AditServer: Service, @unchecked Sendable {
         }
         let address = channel.localAddress!
         boundAddress.withLockedValue { $0 = address }
+        phase.withLockedValue { $0 = .listening }
         started.succeed(address)
         let shown = HostPort(host: address.ipAddress ?? config.listen.host, port: address.port ?? 0)
         let scheme = config.tls == nil ? "ws" : "wss"
@@ -313,7 +323,10 @@ public final class AditServer: Service, @unchecked Sendable {
                                               channelOptions: configuration.channelOptions,
                                               udpIdleTimeout: configuration.udpIdleTimeout, refusalLog: refusalLog)
         let finalLogger = sessionLogger
+        let user = identity.method == .none ? "-" : identity.name
+        metrics?.session(user: user, delta: 1)
         let session = ServerSession(settings: settings, logger: sessionLogger) { [weak self] handler in
+            metrics?.session(user: user, delta: -1)
             exporter?.close()
             exporter = nil
             if let statistics = webSocket.compressionStatistics {
@@ -337,7 +350,10 @@ public final class AditServer: Service, @unchecked Sendable {
         sessions.withLockedValue {
             $0[ObjectIdentifier(handler)] = SessionRecord(mux: NIOLoopBound(handler, eventLoop: channel.eventLoop),
                                                           session: NIOLoopBound(session, eventLoop: channel.eventLoop),
-                                                          identity: identity)
+                                                          webSocket: NIOLoopBound(webSocket, eventLoop: channel.eventLoop),
+                                                          identity: identity,
+                                                          peer: sessionLogger[metadataKey: "peer"].map { "\($0)" } ?? "?",
+                                                          openedAt: .now())
         }
         var metadata: Logger.Metadata = [
             "compression": "\(upgrade.deflate?.summary ?? (configuration.compression.mode == .off ? "off" : "none (the client offered none we accept)"))",
@@ -412,4 +428,39 @@ func describeBindError(_ error: any Error) -> String {
         }
     }
     return "\(error)"
+}
+
+// MARK: The admin listener's view
+
+extension AditServer {
+    public func isReady() async -> Bool { phase.withLockedValue { $0 == .listening } }
+
+    public func adminStatus() async -> AdminStatus {
+        let records = sessions.withLockedValue { Array($0.values) }
+        var rows: [AdminStatus.Session] = []
+        for record in records {
+            let row = try? await record.mux.eventLoop.submit {
+                AdminStatus.session(mux: record.mux.value, webSocket: record.webSocket.value,
+                                    identity: record.identity.method == .none ? "-" : record.identity.name,
+                                    peer: record.peer, openedAt: record.openedAt)
+            }.get()
+            if let row { rows.append(row) }
+        }
+        rows.sort { $0.uptimeSeconds > $1.uptimeSeconds }
+        let config = configuration
+        let address = boundAddress.withLockedValue { $0 }
+        let shown = address.map { HostPort(host: $0.ipAddress ?? config.listen.host, port: $0.port ?? 0).description }
+            ?? config.listen.description
+        var details = ["listening on \(config.tls == nil ? "ws" : "wss")://\(shown)\(config.path)",
+                       "targets allowed: \(config.policy.patterns.isEmpty ? "none" : config.policy.description)"]
+        if !config.reversePolicy.patterns.isEmpty { details.append("reverse binds allowed: \(config.reversePolicy.description)") }
+        if config.usersFile != nil || config.users != nil { details.append("users: \(config.usersFile ?? "configured")") }
+        for route in config.rawRoutes { details.append("raw bridge \(route.path) → \(route.target)") }
+        let phase = self.phase.withLockedValue { $0 }
+        return AdminStatus(role: "server", version: AditVersion.current,
+                           uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
+                           ready: phase == .listening,
+                           state: phase == .listening ? "listening" : phase == .draining ? "draining" : "starting",
+                           details: details, sessions: rows)
+    }
 }

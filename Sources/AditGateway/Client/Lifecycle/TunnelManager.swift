@@ -43,6 +43,8 @@ final class TunnelManager: StreamOpener {
         var exporter: SessionMetricsExporter?
         var delegate: SessionDelegate
         var negotiated: String
+        var server: Int
+        var openedAt: NIODeadline = .now()
     }
 
     private final class Waiting {
@@ -74,6 +76,29 @@ final class TunnelManager: StreamOpener {
     var isTunnelReady: Bool { currentSession != nil }
     var lifecycleState: TunnelLifecycle.State { lifecycle.state }
 
+    /// For the admin status page: the tunnel's state in a phrase.
+    var stateSummary: String {
+        switch lifecycle.state {
+        case .idle: return "starting"
+        case .dialing(_, let server): return "dialing \(configuration.servers[server])"
+        case .ready: return "tunnel up"
+        case .backoff(_, let server): return "waiting to redial \(configuration.servers[server])"
+        case .failed(let reason): return "stopped: \(reason)"
+        case .stopped: return "shutting down"
+        }
+    }
+
+    /// For the admin status page: every session that exists (the current one, and any still draining).
+    func sessionStatus() -> [AdminStatus.Session] {
+        sessions.values.compactMap { session in
+            guard let mux = session.mux else { return nil }
+            // The identity is the server's business (a token says nothing readable); the peer is the server.
+            return AdminStatus.session(mux: mux, webSocket: session.webSocket, identity: "-",
+                                       peer: configuration.servers[session.server].description,
+                                       openedAt: session.openedAt)
+        }.sorted { $0.uptimeSeconds < $1.uptimeSeconds }
+    }
+
     private var currentSession: MuxHandler? {
         guard let attempt = lifecycle.readyAttempt, let session = sessions[attempt] else { return nil }
         return session.mux
@@ -98,6 +123,19 @@ final class TunnelManager: StreamOpener {
     // MARK: StreamOpener
 
     func openStream(_ request: MuxOpenRequest, endpoint: any MuxStreamEndpoint, promise: EventLoopPromise<Void>) {
+        if let metrics = configuration.metrics {
+            promise.futureResult.whenComplete { result in
+                switch result {
+                case .success: metrics.streamOpen(outcome: "ok")
+                case .failure(let error as MuxStreamOpenError):
+                    if case .reset(let code, _) = error { metrics.streamOpen(outcome: code.metricLabel) } else {
+                        metrics.streamOpen(outcome: "tunnel_closed")
+                    }
+                case .failure(is TunnelUnavailableError): metrics.streamOpen(outcome: "no_tunnel")
+                case .failure: metrics.streamOpen(outcome: "failed")
+                }
+            }
+        }
         if let session = currentSession {
             open(request, endpoint: endpoint, promise: promise, on: session, retriesLeft: 1)
             return
@@ -177,6 +215,7 @@ final class TunnelManager: StreamOpener {
         for action in actions {
             switch action {
             case .dial(let attempt, let server):
+                if attempt > 1 { configuration.metrics?.reconnects.increment() }
                 dial(attempt, server: server)
             case .scheduleRetry(let attempt, _, let delay):
                 retryTask?.cancel()
@@ -223,7 +262,7 @@ final class TunnelManager: StreamOpener {
         let config = configuration
         let logger = self.logger
         let delegate = SessionDelegate(attempt: attempt, manager: self)
-        sessions[attempt] = Session(mux: nil, webSocket: nil, exporter: nil, delegate: delegate, negotiated: "")
+        sessions[attempt] = Session(mux: nil, webSocket: nil, exporter: nil, delegate: delegate, negotiated: "", server: server)
         let dialer = config.dialer(server: server)
         logger.debug("dialling the tunnel server", metadata: ["url": "\(config.servers[server])"])
         dialer.dial(on: eventLoop) { channel, agreement in
@@ -238,6 +277,7 @@ final class TunnelManager: StreamOpener {
             let manager = bound.value
             manager.sessions[attempt]?.mux = mux
             manager.sessions[attempt]?.webSocket = webSocket
+            manager.sessions[attempt]?.openedAt = .now()
             manager.sessions[attempt]?.negotiated = agreement?.summary
                 ?? (config.compression.mode == .off ? "compression off" : "no compression (the server declined)")
             if let metrics = config.metrics {
