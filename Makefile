@@ -1,23 +1,21 @@
 # Adit — see README.md. Every target works on a fresh Debian 12 machine with the Swift toolchain.
 SWIFT ?= swift
 PYTHON ?= python3
-# One release build serves the demo, the unit tests, the end-to-end tests and the benchmarks.
-BUILD_FLAGS ?= -c release
+# The binary is built once, in release, with the Swift runtime and Foundation linked in (--static-swift-stdlib):
+# the binary the demo, the end-to-end tests and the benchmarks run is the one that ships, and it runs where no
+# toolchain is installed (only glibc, libstdc++ and zlib). The unit tests build in debug (.build/debug): a second
+# release build of every dependency would cost CI minutes, and debug keeps assertions on. The debug build's
+# own adit, linked dynamically, is the control of test_static_binary.py.
+RELEASE_FLAGS ?= -c release --static-swift-stdlib
 ADIT_BIN ?= $(CURDIR)/.build/release/adit
-# The binary to ship: the Swift runtime and Foundation linked in (runs with no toolchain installed). Its own
-# scratch path, because the static flag would otherwise rebuild everything the tests share.
-STATIC_BIN ?= $(CURDIR)/.build-static/release/adit
+DYNAMIC_BIN ?= $(CURDIR)/.build/debug/adit
 
-.PHONY: all build static demo test unit e2e deps clean
+.PHONY: all build demo test unit e2e deps clean
 
 all: build
 
 build:
-	$(SWIFT) build $(BUILD_FLAGS) --product adit
-
-## make static: the self-contained binary (needs only glibc, libstdc++ and zlib at run time).
-static:
-	$(SWIFT) build -c release --product adit --static-swift-stdlib --scratch-path .build-static
+	$(SWIFT) build $(RELEASE_FLAGS) --product adit
 
 ## make demo: a server, a client and an echo target on loopback; pushes 512 MiB each way and verifies it.
 demo: build
@@ -25,32 +23,30 @@ demo: build
 
 ## make test: installs what the tests need (only when missing), builds, runs unit and end-to-end tests.
 test: deps
-	$(SWIFT) build $(BUILD_FLAGS) --build-tests
-	$(SWIFT) test $(BUILD_FLAGS) --skip-build
-	$(MAKE) static
-	ADIT_BIN=$(ADIT_BIN) ADIT_STATIC_BIN=$(STATIC_BIN) $(PYTHON) -m pytest -c Tests/e2e/pytest.ini Tests/e2e
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+	$(SWIFT) build $(RELEASE_FLAGS) --product adit
+	ADIT_BIN=$(ADIT_BIN) ADIT_DYNAMIC_BIN=$(DYNAMIC_BIN) $(PYTHON) -m pytest -c Tests/e2e/pytest.ini Tests/e2e
 
 unit:
-	$(SWIFT) test $(BUILD_FLAGS)
+	$(SWIFT) test
 
 e2e: deps build
-	ADIT_BIN=$(ADIT_BIN) ADIT_STATIC_BIN=$(STATIC_BIN) $(PYTHON) -m pytest -c Tests/e2e/pytest.ini Tests/e2e
+	ADIT_BIN=$(ADIT_BIN) ADIT_DYNAMIC_BIN=$(DYNAMIC_BIN) $(PYTHON) -m pytest -c Tests/e2e/pytest.ini Tests/e2e
 
 deps:
 	@PYTHON=$(PYTHON) sh Tests/e2e/ensure-deps.sh
 
 clean:
-	rm -rf .build .build-static
+	rm -rf .build
 
 
 .PHONY: bench bench-quick bench-baselines
 
-bench:
-	$(SWIFT) build -c release --product adit
+bench: build
 	bench/run.sh
 
-bench-quick:
-	$(SWIFT) build -c release --product adit
+bench-quick: build
 	BENCH_QUICK=1 bench/run.sh
 
 bench-baselines:

@@ -1,3 +1,4 @@
+import AditTransport
 import NIOCore
 
 /// Encodes and decodes tunnel frames. Stateless: a WebSocket message always holds whole frames, so decoding
@@ -72,6 +73,13 @@ public enum MuxFrameCodec {
         case .unknown(let type, let id):
             buffer.writeMultipleIntegers(UInt32(type), UInt8(0), id.rawValue)
         }
+    }
+
+    /// A RESET or GOAWAY reason as the peer wrote it, made safe once, here, for every log line and message it
+    /// reaches: control characters and line feeds escaped, at most 200 characters (invalid UTF-8 replaced).
+    static func peerText(_ payload: inout ByteBuffer) -> String {
+        let bytes = payload.readBytes(length: payload.readableBytes) ?? []
+        return LogText.bounded(String(decoding: bytes, as: UTF8.self))
     }
 
     static func truncated(_ reason: String) -> ArraySlice<UInt8> {
@@ -155,7 +163,7 @@ public enum MuxFrameCodec {
             guard let code = payload.readInteger(as: UInt8.self) else {
                 throw MuxProtocolError(.badLength, "RESET without a reason code")
             }
-            return .reset(id, ResetCode(wireValue: code), reason: payload.readString(length: payload.readableBytes) ?? "")
+            return .reset(id, ResetCode(wireValue: code), reason: Self.peerText(&payload))
         case .windowUpdate:
             try requireStream()
             try requireLength(4)
@@ -174,8 +182,7 @@ public enum MuxFrameCodec {
             guard let (last, code) = payload.readMultipleIntegers(as: (UInt32, UInt8).self) else {
                 throw MuxProtocolError(.badLength, "GOAWAY shorter than 5 bytes")
             }
-            return .goAway(lastStreamID: StreamID(last), code: ResetCode(wireValue: code),
-                           reason: payload.readString(length: payload.readableBytes) ?? "")
+            return .goAway(lastStreamID: StreamID(last), code: ResetCode(wireValue: code), reason: Self.peerText(&payload))
         case .hello:
             try requireSession()
             guard length >= 9, let (version, window, maxMessage) = payload.readMultipleIntegers(as: (UInt8, UInt32, UInt32).self)

@@ -188,7 +188,8 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
             else {
                 throw WebSocketProtocolError(.invalidPayload, "a close reason that is not UTF-8")
             }
-            logger.debug("peer closed the WebSocket", metadata: ["code": "\(code?.description ?? "none")", "reason": "\(reason)"])
+            logger.debug("peer closed the WebSocket",
+                         metadata: ["code": "\(code?.description ?? "none")", "reason": "\(LogText.bounded(reason))"])
             perform(closing.receivedClose(code: code), context: context)
         }
     }

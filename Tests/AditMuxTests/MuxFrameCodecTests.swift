@@ -124,4 +124,22 @@ import Testing
         #expect(got.utf8.count <= MuxFrame.maxReasonBytes)
         #expect(got == String(repeating: "é", count: got.count))
     }
+
+    /// A peer's reasons reach log lines and messages: escaped and bounded when decoded, so a RESET or GOAWAY
+    /// cannot forge a log line or flood the log (issue 11, #7).
+    @Test func peerReasonsAreEscapedAndBoundedWhenDecoded() throws {
+        var buffer = ByteBuffer()
+        MuxFrameCodec.encode(.reset(StreamID(1), .refused, reason: "no\n2026-11-28 error: forged\u{1b}[31m"), into: &buffer)
+        MuxFrameCodec.encode(.goAway(lastStreamID: StreamID(3), code: .closed, reason: String(repeating: "a", count: 256)),
+                             into: &buffer)
+        guard case .reset(_, _, let reset) = try MuxFrameCodec.decode(from: &buffer),
+            case .goAway(_, _, let goAway) = try MuxFrameCodec.decode(from: &buffer)
+        else {
+            Issue.record("not a RESET and a GOAWAY")
+            return
+        }
+        #expect(reset == "no\\n2026-11-28 error: forged\\u{1b}[31m")
+        #expect(!reset.contains("\n") && !reset.unicodeScalars.contains("\u{1b}"))
+        #expect(goAway == String(repeating: "a", count: 200) + "…(+56 bytes)")
+    }
 }

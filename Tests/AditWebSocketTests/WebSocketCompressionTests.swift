@@ -106,6 +106,16 @@ import Testing
         #expect(closeCode(try written(channel, from: .server)) == 1007)
     }
 
+    /// RFC 6455 §8.1: a close reason that is not UTF-8 fails the connection with 1007, not 1000.
+    @Test func aCloseReasonThatIsNotUTF8Closes1007() throws {
+        let channel = try makeChannel(deflate: nil)
+        _ = try? channel.writeInbound(frame(.close, ByteBuffer(bytes: [0x03, 0xE8, 0xFF, 0xFE, 0x41])))
+        #expect(closeCode(try written(channel, from: .server)) == 1007)
+        let valid = try makeChannel(deflate: nil)
+        _ = try? valid.writeInbound(frame(.close, ByteBuffer(bytes: [0x03, 0xE8] + Array("bye ✓".utf8))))
+        #expect(closeCode(try written(valid, from: .server)) == 1000)
+    }
+
     /// Both roles: what the handler sends inflates back, masked or not, and the statistics add up.
     @Test(arguments: [WebSocketFrameParser.Role.client, .server])
     func outgoingMessagesAreCompressedAndDecodable(role: WebSocketFrameParser.Role) throws {

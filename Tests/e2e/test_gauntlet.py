@@ -174,3 +174,26 @@ def test_a_stream_opened_when_the_server_is_out_of_descriptors_fails_with_resour
     finally:
         for s in flood:
             s.close()
+
+
+@pytest.mark.deadline(60)
+def test_peer_reasons_cannot_forge_or_flood_log_lines(adit, targets):
+    """Issue 11, #7: a RESET and a GOAWAY whose reasons carry line feeds, an escape sequence and 10 KiB. The
+    server's log keeps one line per event, the forged text escaped inside it, the reason cut at 200 characters."""
+    echo = targets.echo()
+    server = adit.server([f"127.0.0.1:{echo.port}"])
+    s = H.RawSession(server.url)
+    H.server_hello(s)
+    s.send(H.mux_hello(), H.mux_frame(H.MUX_OPEN, 1, H.mux_ipv4_target("127.0.0.1", echo.port)))
+    assert s.next_frame()[:3] == (H.MUX_OPEN_OK, 0, 1)
+    forged = "\n2026-11-28T00:00:00+0000 error adit.server: FORGED \x1b[31mline"
+    s.send(H.mux_frame(H.MUX_RESET, 1, bytes([8]) + (forged + "x" * 10_000).encode()))
+    line = server.wait_for_log("reset by peer", timeout=10)
+    s.send(H.mux_frame(H.MUX_GOAWAY, 0, (1).to_bytes(4, "big") + b"\x00" + (forged + "y" * 10_000).encode()))
+    server.wait_for_log("client is closing the tunnel", timeout=10)
+    s.close()
+    log = server.log_text()
+    assert not [ln for ln in log.splitlines() if ln.startswith("2026-11-28T00:00:00")], "a peer forged a log line"
+    assert "\x1b" not in log, "a peer's escape sequence reached the log"
+    assert "\\n2026-11-28T00:00:00+0000 error adit.server: FORGED \\u{1b}[31mline" in line, line
+    assert "x" * 300 not in log and "y" * 300 not in log and "…(+" in line, "a peer's 10 KiB reason flooded the log"
