@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.request
 import shlex
 import shutil
 import socket
@@ -45,7 +46,6 @@ EXAMPLES = REPO / "examples"
 SERVER_URL = "wss://gateway.example.com/tunnel"
 DB = "db.internal:5432"
 DRAIN_TIMEOUT = 30   # adit's default --drain-timeout: every stop timeout must be longer
-ISSUE9_PROBE_NOTE = "# switch to httpGet /readyz on the admin port once --admin lands (issue 9)"
 
 
 def run(argv, timeout=30, **kw) -> subprocess.CompletedProcess:
@@ -382,16 +382,17 @@ def test_kubernetes_manifests_are_wired_together():
             if c.get("image", "").split("/")[-1].startswith("adit:"):
                 sc = c.get("securityContext", {})
                 assert sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True
-    # Until --admin exists, the adit containers probe a TCP port, and say what they will probe instead.
-    for name in ("app-with-sidecar.yaml", "gateway.yaml"):
-        assert ISSUE9_PROBE_NOTE in text[name], f"{name}: the note about /readyz"
+    # The adit containers are probed on their admin listener: readiness on /readyz, liveness on /healthz.
     sidecar = containers(objs[("Deployment", "billing")])["adit-sidecar"]
     assert sidecar["args"][0] == "client" and SERVER_URL in sidecar["args"]
-    assert option(sidecar["args"], "-L") == [f"0.0.0.0:5432:{DB}"]
-    for probe in ("readinessProbe", "livenessProbe"):
-        port = sidecar[probe]["tcpSocket"]["port"]
-        assert port in [p["name"] for p in sidecar["ports"]] + [5432]
+    assert option(sidecar["args"], "-L") == [f"127.0.0.1:5432:{DB}"]
     server = containers(objs[("Deployment", "adit-gateway")])["adit"]
+    for c in (sidecar, server):
+        admin_port = int(option(c["args"], "--admin")[0].rsplit(":", 1)[1])
+        named = {p["name"]: p["containerPort"] for p in c["ports"]}
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            get = c[probe]["httpGet"]
+            assert get["path"] == path and named.get(get["port"], get["port"]) == admin_port, (probe, get)
     service = objs[("Service", "adit-gateway")]
     assert service["spec"]["ports"][0]["port"] == 443
     assert service["spec"]["ports"][0]["targetPort"] in [p["name"] for p in server["ports"]]
@@ -448,10 +449,10 @@ def test_kubernetes_gateway_and_sidecar_carry_bytes(adit, adit_bin, targets, tmp
         ("adit-gateway-users", "users.yaml"): substitute(users, [(example_digest, digest),
                                                                 (DB, f"127.0.0.1:{echo.port}")]),
     })
-    port, metrics = H.free_port(), H.free_port()
+    port, server_admin, client_admin = H.free_port(), H.free_port(), H.free_port()
     args = replace_values(localize_paths(adit_c["args"], mounts), [
         ("0.0.0.0:8443", f"127.0.0.1:{port}"), (DB, f"127.0.0.1:{echo.port}"),
-        ("0.0.0.0:9100", f"127.0.0.1:{metrics}")])
+        ("0.0.0.0:9090", f"127.0.0.1:{server_admin}")])
     server = start_example_adit(adit, args)
     server.wait_for_log(f"listening on wss://127.0.0.1:{port}/tunnel", timeout=10)
     server.port = port
@@ -460,11 +461,17 @@ def test_kubernetes_gateway_and_sidecar_carry_bytes(adit, adit_bin, targets, tmp
     sidecar = containers(billing)["adit-sidecar"]
     mounts = materialize_volumes(billing, sidecar, tmp_path, {("adit-client-token", "token"): token})
     args, (local,) = localize_client(localize_paths(sidecar["args"], mounts), server, cert, echo.port)
+    args = replace_values(args, [("0.0.0.0:9090", f"127.0.0.1:{client_admin}")])
     client = start_example_adit(adit, args)
     H.wait_tunnel_ready(local, timeout=15, proc=client)
     echo_through(local)
     line = server.wait_for_log("tunnel opened", timeout=5)
     assert "app-sidecar" in line, f"the tunnel was not the ConfigMap's user: {line}"
+    # What the kubelet's probes would get: ready on both, healthy on both.
+    for admin in (server_admin, client_admin):
+        for path in ("/readyz", "/healthz"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=H.scaled(5)) as r:
+                assert r.status == 200, (admin, path, r.status)
 
 
 # ---------------------------------------------------------------------------
