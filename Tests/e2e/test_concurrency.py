@@ -14,8 +14,11 @@ SIZES = [0, 1, 1 * H.KiB, 64 * H.KiB, 1 * H.MiB, 8 * H.MiB]
 
 
 def _established(port: int) -> int:
-    """Connections in ESTABLISHED state whose local port is `port` (the server's side of its tunnels)."""
-    n = 0
+    """Connections in ESTABLISHED state whose local port is `port` (the server's side of its tunnels).
+
+    Counted as distinct (local, remote) address pairs: /proc/net/tcp is read a page at a time and, while
+    hundreds of connections open and close, the kernel can print the same socket on two pages."""
+    seen = set()
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(path) as f:
@@ -23,10 +26,10 @@ def _established(port: int) -> int:
                 for line in f:
                     fields = line.split()
                     if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        n += 1
+                        seen.add((fields[1], fields[2]))
         except FileNotFoundError:
             continue
-    return n
+    return len(seen)
 
 
 def _echo_stream(port, blob, size, seed, barrier):
