@@ -148,6 +148,7 @@ struct ClientCommand: AsyncParsableCommand {
     @OptionGroup var compression: CompressionOptions
     @OptionGroup var metricsOptions: MetricsOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup var configFile: ConfigFileOption
 
     /// The positional URL, then every --server (comma lists split), in order.
     func serverURLs() throws -> [TunnelURL] {
@@ -334,6 +335,13 @@ struct ClientCommand: AsyncParsableCommand {
         config.metrics = exported.metrics
         let client = try AditClient(configuration: config, logger: logger)
         exported.admin?.report(on: client)
+        // Under --stdio a hang-up means the terminal (ssh) is gone: keep SIGHUP's default there.
+        let reloader = stdio != nil ? nil : ConfigReloader(command: "client", reloadable: ["log-level"], logger: logger) { parsed, changed in
+            guard let fresh = parsed as? ClientCommand else { return }
+            if changed.contains("log-level") { SwitchableLogLevel.level = fresh.logging.level() }
+        }
+        reloader?.start()
+        defer { reloader?.stop() }
         try await runService(client, extra: exported.listeners, logger: logger)
         if config.stdioTarget != nil, let failure = client.stdioFailure {
             logger.error("\(failure)")

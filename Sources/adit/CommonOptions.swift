@@ -35,28 +35,24 @@ struct LoggingOptions: ParsableArguments {
     /// `quietDefault`: the level when none is asked for (warning under `--stdio`, whose standard error is the
     /// user's ssh terminal).
     func makeLogger(label: String, quietDefault: Bool = false) -> Logger {
-        let level = logLevel.flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? (quietDefault ? .warning : .info)
-        LoggingBootstrapOnce.run(level: level, json: logFormat.lowercased() == "json")
-        var logger = Logger(label: label)
-        logger.logLevel = level
-        return logger
+        SwitchableLogLevel.level = level(quietDefault: quietDefault)
+        LoggingBootstrapOnce.run(json: logFormat.lowercased() == "json")
+        return Logger(label: label)
+    }
+
+    func level(quietDefault: Bool = false) -> Logger.Level {
+        logLevel.flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? (quietDefault ? .warning : .info)
     }
 }
 
 enum LoggingBootstrapOnce {
     nonisolated(unsafe) static var done = false
-    static func run(level: Logger.Level, json: Bool = false) {
+    static func run(json: Bool = false) {
         guard !done else { return }
         done = true
         LoggingSystem.bootstrap { label in
-            if json {
-                var handler = JSONLogHandler(label: label)
-                handler.logLevel = level
-                return handler
-            }
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            json ? SwitchableLevelLogHandler(JSONLogHandler(label: label))
+                : SwitchableLevelLogHandler(StreamLogHandler.standardError(label: label))
         }
     }
 }
@@ -399,4 +395,12 @@ struct ServerTLSOptions: ParsableArguments {
         guard let tlsCert, let tlsKey else { return nil }
         return ServerTLSSettings(certificateFile: tlsCert, keyFile: tlsKey, clientCAFile: tlsCa)
     }
+}
+
+/// `--config FILE`: read before parsing (ConfigLayering); declared so that `--help` lists it and the parser accepts it.
+struct ConfigFileOption: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "YAML file with this command's options under a `server:` or `client:` section (keys are the long option names; lists for repeatable ones). The command line wins over ADIT_* variables, which win over the file. Or set ADIT_CONFIG. Example: --config /etc/adit/adit.yaml",
+        valueName: "file"))
+    var config: String?
 }

@@ -98,6 +98,7 @@ struct ServerCommand: AsyncParsableCommand {
     @OptionGroup var compression: CompressionOptions
     @OptionGroup var metricsOptions: MetricsOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup var configFile: ConfigFileOption
 
     func validate() throws {
         do {
@@ -172,6 +173,18 @@ struct ServerCommand: AsyncParsableCommand {
         config.metrics = exported.metrics
         let server = AditServer(configuration: config, logger: logger)
         exported.admin?.report(on: server)
+        let reloader = ConfigReloader(command: "server", reloadable: ["allow", "allow-reverse", "allow-origin", "log-level"],
+                                      logger: logger) { parsed, changed in
+            guard let fresh = parsed as? ServerCommand else { return }
+            if changed.contains("log-level") { SwitchableLogLevel.level = fresh.logging.level() }
+            if !changed.isDisjoint(with: ["allow", "allow-reverse", "allow-origin"]) {
+                server.reload(policy: try TargetPolicy.parse(fresh.allow),
+                              reversePolicy: try TargetPolicy.parse(fresh.allowReverse, flag: "--allow-reverse"),
+                              allowedOrigins: fresh.allowOrigin.isEmpty ? nil : fresh.allowOrigin)
+            }
+        }
+        reloader.start()
+        defer { reloader.stop() }
         try await runService(server, extra: exported.listeners, logger: logger)
     }
 }

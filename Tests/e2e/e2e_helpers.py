@@ -333,6 +333,10 @@ def _child_env() -> dict[str, str]:
     # adit must never pick up a proxy from the test environment.
     for k in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         env.pop(k, None)
+    # Nor options from the shell that runs the tests (ADIT_LISTEN, ADIT_CONFIG, ADIT_TOKEN, …): a test that wants
+    # one passes it itself. The suite's own settings (ADIT_E2E_*, ADIT_BIN) set nothing in adit.
+    for k in [k for k in env if k.upper().startswith("ADIT_") and not k.upper().startswith(("ADIT_E2E_", "ADIT_BIN", "ADIT_DYNAMIC_BIN"))]:
+        env.pop(k)
     return env
 
 

@@ -863,3 +863,51 @@ def test_the_certificate_user_of_the_example_gets_in_and_only_to_its_targets(adi
     assert f"user={agent['name']}" in line and "auth=certificate" in line, line
     assert H.refused_locally(local) == ("reset", b""), "the user's allow list must deny the echo target"
     client.wait_for_log("not allowed", timeout=5)
+
+
+# ---------------------------------------------------------------------------
+# adit.yaml: one configuration file for both ends
+
+def localized_config(adit_bin, tmp_path, echo_port: int) -> tuple[Path, Path, dict]:
+    """examples/adit.yaml with the outside world substituted (see the module's docstring); returns the file, the
+    gateway's certificate and the ports chosen."""
+    cert, key, _, _ = keygen(adit_bin, tmp_path, "gateway", "--name", "localhost", "--ip", "127.0.0.1")
+    token, digest = make_token(adit_bin, "office")
+    (tmp_path / "office.token").write_text(token + "\n")
+    users = tmp_path / "users.yaml"
+    users.write_text((EXAMPLES / "users.yaml").read_text() +
+                     f'  - name: office\n    token: "{digest}"\n    allow: ["127.0.0.1:{echo_port}"]\n')
+    ports = {"listen": H.free_port(), "admin": H.free_port(), "client-admin": H.free_port(), "local": H.free_port()}
+    text = substitute((EXAMPLES / "adit.yaml").read_text(), [
+        ("0.0.0.0:443", f"127.0.0.1:{ports['listen']}"),
+        ("/etc/adit/cert.pem", str(cert)), ("/etc/adit/key.pem", str(key)), ("/etc/adit/users.yaml", str(users)),
+        ("127.0.0.1:9090", f"127.0.0.1:{ports['admin']}"), ("127.0.0.1:9091", f"127.0.0.1:{ports['client-admin']}"),
+        (SERVER_URL, f"wss://127.0.0.1:{ports['listen']}/tunnel"),
+        ("/etc/adit/office.token", str(tmp_path / "office.token")),
+        (f"127.0.0.1:5432:{DB}", f"127.0.0.1:{ports['local']}:127.0.0.1:{echo_port}"),
+        (f"- {DB}", f"- 127.0.0.1:{echo_port}"),
+    ])
+    path = tmp_path / "adit.yaml"
+    path.write_text(text)
+    return path, cert, ports
+
+
+def test_config_example_passes_check_config_and_runs_both_ends(adit, adit_bin, targets, tmp_path):
+    echo = targets.echo()
+    config, cert, ports = localized_config(adit_bin, tmp_path, echo.port)
+
+    r = run([adit_bin, "check-config", "--config", config])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "adit server: valid" in r.stdout and "adit client: valid" in r.stdout, r.stdout
+    assert f"{config} line " in r.stdout   # each value names its line
+
+    server = adit._start("server", ["--config", str(config)], log_level_arg=False)
+    server.wait_for_log(f"listening on wss://127.0.0.1:{ports['listen']}/tunnel", timeout=10)
+    client = adit._start("client", ["--config", str(config), "--ca-file", str(cert)], log_level_arg=False)
+    H.wait_tunnel_ready(ports["local"], timeout=15, proc=client)
+    echo_through(ports["local"])
+    # log-format: json from the file: every line the server wrote parses
+    lines = [l for l in server.log_text().splitlines() if l.strip() and not l.startswith("###")]
+    assert lines and all(json.loads(l)["level"] for l in lines), lines[:3]
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['admin']}/readyz", timeout=5) as resp:
+        assert resp.status == 200

@@ -140,3 +140,41 @@ def test_three_servers_behind_haproxy_and_one_drains(adit, targets, tmp_path):
     assert again == sum(opened[1:]) + opened[0], (opened, again)
     print(f"after the drain: {[len(s.log_lines_matching('tunnel opened')) for s in servers[1:]]} on the other two")
     assert all(c.alive() for c in clients)
+
+
+@pytest.mark.skipif(haproxy_exe() is None, reason="haproxy is not installed (Tests/e2e/ensure-deps.sh installs it)")
+def test_wss_terminated_at_adit_behind_haproxy_in_tcp_mode(adit, adit_bin, targets, tmp_path):
+    """The other way to run behind a balancer: haproxy passes TCP through (mode tcp) and TLS ends at adit, so
+    the balancer never sees the tunnel's bytes. Two servers, sessions spread over both, bytes checked."""
+    import subprocess
+    echo = targets.echo()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    r = subprocess.run([str(adit_bin), "keygen", "--cert", str(cert), "--key", str(key), "--ip", "127.0.0.1"],
+                       capture_output=True, text=True, timeout=H.scaled(20), env=H._child_env())
+    assert r.returncode == 0, r.stderr
+    servers = [adit.server([f"127.0.0.1:{echo.port}"], wait=False,
+                           extra=["--tls-cert", str(cert), "--tls-key", str(key)]) for _ in range(2)]
+    for s in servers:
+        s.wait_for_log(f"listening on wss://127.0.0.1:{s.port}/", timeout=10)
+    front = H.free_port()
+    cfg = haproxy_config(tmp_path / "haproxy.cfg", front, [s.port for s in servers]).read_text()
+    cfg = cfg.replace("    mode http\n", "    mode tcp\n")
+    assert "mode tcp" in cfg and "mode http" not in cfg
+    (tmp_path / "haproxy.cfg").write_text(cfg)
+    proxy = H.AditProcess("haproxy", [haproxy_exe(), "-db", "-f", str(tmp_path / "haproxy.cfg")], tmp_path / "haproxy.log")
+    adit.procs.append(proxy)
+    proxy.start()
+    H.wait_for_port(front, timeout=10, proc=proxy, connect=False)
+
+    # haproxy holds no certificate: a client that verifies adit's (--ca-file) shows TLS ends at adit.
+    locals_ = []
+    for _ in range(4):
+        local = H.free_port()
+        client = adit.client(f"wss://127.0.0.1:{front}/", [(local, "127.0.0.1", echo.port)],
+                             extra=["--ca-file", str(cert)])
+        H.wait_tunnel_ready(local, timeout=15, proc=client)
+        locals_.append(local)
+    failures = [f for k, port in enumerate(locals_) if (f := exchange(port, 256 * H.KiB, k))]
+    assert not failures, failures
+    opened = [len(s.log_lines_matching("tunnel opened")) for s in servers]
+    assert all(n >= 1 for n in opened), f"haproxy did not spread the sessions over both servers: {opened}"

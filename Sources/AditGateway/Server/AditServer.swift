@@ -182,17 +182,44 @@ public final class AditServer: Service, AdminStatusSource, @unchecked Sendable {
             access.directory = UserDirectory(users: users)
             return access
         }
-        guard let directory = access.directory else { return }
-        for record in sessions.withLockedValue({ Array($0.values) }) where record.identity.method != .none {
-            let name = record.identity.name
-            let mux = record.mux
-            guard let user = directory.user(named: name), user.credentialFingerprint == record.identity.credentialFingerprint else {
-                let why = directory.user(named: name) == nil ? "was removed from the users file" : "has new credentials"
-                logger.notice("user \(name) \(why): closing their tunnel")
-                mux.eventLoop.execute { mux.value.closeTunnel() }
-                continue
+        apply(access)
+    }
+
+    /// New server-wide rules (SIGHUP with a changed `--config` file): `--allow`, `--allow-reverse` and
+    /// `--allow-origin`. New tunnels and streams follow them at once, and so do open tunnels of the anonymous
+    /// user and of users without rules of their own.
+    public func reload(policy: TargetPolicy, reversePolicy: TargetPolicy, allowedOrigins: [String]?) {
+        let access = self.access.withLockedValue { access -> AccessControl in
+            access.defaultPolicy = policy
+            access.defaultReversePolicy = reversePolicy
+            access.allowedOrigins = allowedOrigins
+            return access
+        }
+        apply(access)
+    }
+
+    /// Open tunnels under new rules: each session gets its identity's new policies; tunnels whose user is gone or
+    /// whose credentials changed are closed.
+    private func apply(_ access: AccessControl) {
+        for record in sessions.withLockedValue({ Array($0.values) }) {
+            let updated: Identity
+            if record.identity.method == .none {
+                guard access.directory == nil else { continue }
+                updated = Identity(name: record.identity.name, method: .none, policy: access.defaultPolicy,
+                                   reversePolicy: access.defaultReversePolicy, limits: record.identity.limits,
+                                   credentialFingerprint: record.identity.credentialFingerprint)
+            } else {
+                guard let directory = access.directory else { continue }
+                let name = record.identity.name
+                let mux = record.mux
+                guard let user = directory.user(named: name), user.credentialFingerprint == record.identity.credentialFingerprint else {
+                    let why = directory.user(named: name) == nil ? "was removed from the users file" : "has new credentials"
+                    logger.notice("user \(name) \(why): closing their tunnel")
+                    mux.eventLoop.execute { mux.value.closeTunnel() }
+                    continue
+                }
+                updated = access.identity(user, record.identity.method)
             }
-            let updated = access.identity(user, record.identity.method)
             let session = record.session
             session.eventLoop.execute { session.value.update(policy: updated.policy, reversePolicy: updated.reversePolicy) }
         }

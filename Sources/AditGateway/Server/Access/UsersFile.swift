@@ -45,7 +45,7 @@ public enum UsersFile {
         do {
             root = try Yams.compose(yaml: text)
         } catch let error as YamlError {
-            throw LoadError(path: path, line: Self.line(of: error), detail: "is not valid YAML: \(Self.problem(of: error))")
+            throw LoadError(path: path, line: error.line, detail: "is not valid YAML: \(error.problem)")
         } catch {
             throw LoadError(path: path, line: nil, detail: "is not valid YAML: \(error)")
         }
@@ -145,19 +145,5 @@ public enum UsersFile {
             out.append((text, item))
         }
         return out
-    }
-
-    private static func line(of error: YamlError) -> Int? {
-        switch error {
-        case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _): return mark.line
-        default: return nil
-        }
-    }
-
-    private static func problem(of error: YamlError) -> String {
-        switch error {
-        case .scanner(_, let problem, _, _), .parser(_, let problem, _, _), .composer(_, let problem, _, _): return problem
-        default: return "\(error)"
-        }
     }
 }

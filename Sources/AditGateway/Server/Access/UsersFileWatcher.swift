@@ -40,8 +40,7 @@ final class UsersFileWatcher: @unchecked Sendable {  // its mutable state is beh
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now() + 2, repeating: 2)
         timer.setEventHandler { [self] in self.check(force: false) }
-        signal(SIGHUP, SIG_IGN)
-        let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: queue)
+        let hangup = SignalSources.make(signal: SIGHUP, queue: queue)
         hangup.setEventHandler { [self] in
             self.logger.notice("SIGHUP: reloading \(self.path)")
             self.check(force: true)
