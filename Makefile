@@ -9,8 +9,11 @@ PYTHON ?= python3
 RELEASE_FLAGS ?= -c release --static-swift-stdlib
 ADIT_BIN ?= $(CURDIR)/.build/release/adit
 DYNAMIC_BIN ?= $(CURDIR)/.build/debug/adit
+# What `make test` gives fuzzing (seconds per target) and the soak (seconds); `make fuzz`/`make soak` run longer.
+FUZZ_SECONDS ?= 10
+SOAK_SECONDS ?= 100
 
-.PHONY: all build demo test unit e2e deps clean
+.PHONY: all build demo test unit e2e deps clean fuzz fuzz-build fuzz-ci sanitize soak
 
 all: build
 
@@ -22,11 +25,15 @@ demo: build
 	$(ADIT_BIN) demo --streams 4 --megabytes 512
 
 ## make test: installs what the tests need (only when missing), builds, runs unit and end-to-end tests.
+## Then each fuzz target for a few seconds (FUZZ_SECONDS) and a short soak (SOAK_SECONDS); `make fuzz` and
+## `make soak` run them for real.
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(MAKE) fuzz-ci FUZZ_SECONDS=$(FUZZ_SECONDS)
 	$(SWIFT) build $(RELEASE_FLAGS) --product adit
 	ADIT_BIN=$(ADIT_BIN) ADIT_DYNAMIC_BIN=$(DYNAMIC_BIN) $(PYTHON) -m pytest -c Tests/e2e/pytest.ini Tests/e2e
+	ADIT_BIN=$(ADIT_BIN) $(PYTHON) Tests/soak/soak.py --seconds $(SOAK_SECONDS)
 
 unit:
 	$(SWIFT) test
@@ -38,7 +45,33 @@ deps:
 	@PYTHON=$(PYTHON) sh Tests/e2e/ensure-deps.sh
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz .build-asan .build-tsan
+
+## make fuzz: every libFuzzer target (Tests/Fuzz) for FUZZ_SECONDS each (default 60), from the corpus in
+## Tests/Fuzz/Corpus; FUZZ_TARGETS picks some. Its own build (.build-fuzz), instrumented for coverage.
+fuzz: fuzz-build
+	Tests/Fuzz/run.sh
+
+fuzz-build:
+	ADIT_FUZZ=1 $(SWIFT) build -c release --scratch-path .build-fuzz --product adit-fuzz
+
+## make fuzz-ci: each target for FUZZ_SECONDS (10), built in debug beside the unit tests' build so that only
+## Adit's own modules are compiled again (with the coverage instrumentation).
+fuzz-ci:
+	ADIT_FUZZ=1 $(SWIFT) build --product adit-fuzz
+	FUZZ_BIN=.build/debug/adit-fuzz FUZZ_SECONDS=$(FUZZ_SECONDS) Tests/Fuzz/run.sh
+
+## make soak: mixed traffic (bulk, interactive, churn, server restarts) for SOAK_SECONDS (default 3600) with the
+## server's and the client's memory and descriptors sampled; fails if they grow or a byte is lost.
+soak: deps build
+	ADIT_BIN=$(ADIT_BIN) $(PYTHON) Tests/soak/soak.py --seconds $(if $(filter command line environment,$(origin SOAK_SECONDS)),$(SOAK_SECONDS),3600)
+
+## make sanitize: the Swift test suite under AddressSanitizer, then ThreadSanitizer (each its own build).
+sanitize:
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
 
 
 .PHONY: bench bench-quick bench-baselines

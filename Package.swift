@@ -1,9 +1,14 @@
 // swift-tools-version:6.1
 import PackageDescription
+import Foundation
+
+/// `make fuzz` and CI's bounded fuzz run set ADIT_FUZZ: then our own modules are compiled with libFuzzer's coverage
+/// instrumentation (the dependencies are not, so CI reuses their debug build) and the `adit-fuzz` driver exists.
+let fuzzing = ProcessInfo.processInfo.environment["ADIT_FUZZ"] != nil
 
 let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
-]
+] + (fuzzing ? [.unsafeFlags(["-sanitize=fuzzer"])] : [])
 
 let package = Package(
     name: "adit",
@@ -187,5 +192,40 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-    ]
+        // Fuzz targets: every parser and state machine a peer can feed (Tests/Fuzz); the corpus is replayed by
+        // AditFuzzCorpusTests, libFuzzer runs them through `make fuzz`.
+        .target(
+            name: "AditFuzzing",
+            dependencies: [
+                "AditMux", "AditTransport", "AditWebSocket", "AditProxy", "AditGateway",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/Fuzz/Targets",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AditFuzzCorpusTests",
+            dependencies: ["AditFuzzing"],
+            swiftSettings: swiftSettings
+        ),
+    ] + fuzzDriver
 )
+
+/// The libFuzzer driver exists only for `make fuzz` (ADIT_FUZZ=1): it links libFuzzer, which an ordinary build
+/// does not have.
+var fuzzDriver: [Target] {
+    guard fuzzing else { return [] }
+    return [
+        .target(name: "CAditFuzzer", path: "Tests/Fuzz/CDriver"),
+        .executableTarget(
+            name: "adit-fuzz",
+            dependencies: ["AditFuzzing", "CAditFuzzer"],
+            path: "Tests/Fuzz/Driver",
+            swiftSettings: swiftSettings,
+            linkerSettings: [.unsafeFlags(["-sanitize=fuzzer"])]
+        ),
+    ]
+}

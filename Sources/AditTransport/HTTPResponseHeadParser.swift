@@ -82,10 +82,26 @@ enum HTTPHeadScanner {
             guard let colon = line.firstIndex(of: ":") else {
                 throw HTTPResponseParseError("a malformed header line: \(line.prefix(80))")
             }
-            headers.add(name: String(line[..<colon]).trimmingCharacters(in: .whitespaces),
-                        value: String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces))
+            let name = String(line[..<colon]).trimmingCharacters(in: .whitespaces)
+            // A field name is an RFC 9110 token. Checked here, not left to HTTPHeaders.add: its precondition
+            // (ASCII names) traps, and one request with a non-ASCII header name took the whole server down
+            // (found by the http-request-head fuzz target).
+            guard !name.isEmpty, name.utf8.allSatisfy(isTokenByte) else {
+                throw HTTPResponseParseError("a header name HTTP does not allow: \(LogText.bounded(name, limit: 80))")
+            }
+            headers.add(name: name, value: String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces))
         }
         return headers
+    }
+
+    /// tchar (RFC 9110 §5.6.2): letters, digits and !#$%&'*+-.^_`|~
+    static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        default:
+            return Array("!#$%&'*+-.^_`|~".utf8).contains(byte)
+        }
     }
 }
 

@@ -197,3 +197,147 @@ def test_peer_reasons_cannot_forge_or_flood_log_lines(adit, targets):
     assert "\x1b" not in log, "a peer's escape sequence reached the log"
     assert "\\n2026-11-28T00:00:00+0000 error adit.server: FORGED \\u{1b}[31mline" in line, line
     assert "x" * 300 not in log and "y" * 300 not in log and "…(+" in line, "a peer's 10 KiB reason flooded the log"
+
+
+# --- bounds of the upgrade ------------------------------------------------------------------------------------
+
+def _ended_within(s: socket.socket, seconds: float) -> tuple[str, bytes, float]:
+    """How the server ended a raw connection: ("eof"|"reset", what it sent, seconds taken)."""
+    t0 = time.monotonic()
+    how, data = H.wait_closed(s, timeout=seconds)
+    return how, data, time.monotonic() - t0
+
+
+@pytest.mark.deadline(60)
+def test_a_request_head_over_16_kib_is_cut_off_without_waiting(adit):
+    server = adit.server(["127.0.0.1:9"])
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * (20 << 10) + b"\r\n")   # no end of head
+        how, data, took = _ended_within(s, 5)
+    assert data == b"" and took < H.scaled(3), f"ended by {how} after {took:.1f}s with {data[:80]!r}"
+    assert server.alive()
+
+
+@pytest.mark.deadline(60)
+def test_bytes_that_are_not_http_are_closed_without_an_answer(adit):
+    server = adit.server(["127.0.0.1:9"])
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"\x00\x01\x02SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        how, data, took = _ended_within(s, 5)
+    assert data == b"" and took < H.scaled(3), f"ended by {how} after {took:.1f}s with {data[:80]!r}"
+    assert server.alive()
+
+
+@pytest.mark.deadline(90)
+def test_more_than_256_kib_behind_an_undecided_upgrade_is_refused(adit, adit_bin, tmp_path):
+    """While a password is checked (scrypt, off the event loop) the server holds what the client sent behind its
+    request for the session; past 256 KiB it closes instead of buffering more."""
+    out = subprocess.run([str(adit_bin), "token", "bob", "--password"], input="s3cret", capture_output=True, text=True,
+                         timeout=H.scaled(20), env=H._child_env())
+    assert out.returncode == 0, out.stderr
+    digest = next(l.split("password:", 1)[1].strip() for l in out.stdout.splitlines() if "password: scrypt:" in l)
+    users = tmp_path / "users.yaml"
+    users.write_text(f'users:\n  - name: bob\n    password: "{digest}"\n')
+    server = adit.server(["127.0.0.1:9"], extra=["--users", str(users)])
+    key = base64.b64encode(os.urandom(16)).decode()
+    auth = base64.b64encode(b"bob:s3cret").decode()
+    head = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: adit.v1\r\n"
+            f"Authorization: Basic {auth}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(head + b"\x82\x00" * (160 << 10))     # 320 KiB of frames behind the request, in one go
+        how, data, _ = _ended_within(s, 10)
+    assert not data.startswith(b"HTTP/1.1 101"), "the upgrade went through with more than 256 KiB held"
+    assert how in ("eof", "reset")
+    assert not server.log_lines_matching("tunnel opened")
+    assert server.alive()
+    # and the same request without the flood gets its tunnel (the refusal above was the bound, not the password)
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.settimeout(H.scaled(10))
+        s.sendall(head)
+        assert s.recv(12) == b"HTTP/1.1 101"
+
+
+# --- the raw bridge with deflate and a target that does not read (issue 11, item 4) --------------------------
+
+@pytest.mark.deadline(120)
+def test_deflated_messages_to_a_target_that_does_not_read_do_not_pin_memory(adit, targets):
+    """Eight browsers (Python websockets, permessage-deflate) each send 1 MiB messages of zeros, about 1 KiB on the
+    wire, to a raw bridge whose target never reads. The bridge must inflate only what the target takes: before
+    the fix each connection held 60 MiB, all eight 480 MiB, until the drain timed out. Then the browsers leave,
+    and every bridge is torn down at once."""
+    import threading
+    from websockets.sync.client import connect
+
+    hold = threading.Event()
+
+    def never_read(conn, server):
+        hold.wait(60)
+        return 0
+
+    target = targets.custom("never-reads", never_read)
+    server = adit.server([f"127.0.0.1:{target.port}"], extra=["--raw", f"/sink=127.0.0.1:{target.port}"])
+    before = server.rss_kib()
+    peak = [before]
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.wait(0.1):
+            peak[0] = max(peak[0], server.rss_kib() or 0)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    zeros = bytes(1 << 20)
+    sent = [0] * 8
+    sockets = []
+
+    def flood(k: int) -> None:
+        ws = connect(f"{server.url}/sink", compression="deflate", proxy=None, open_timeout=H.scaled(10),
+                     close_timeout=1, max_size=None).__enter__()   # (not a `with`: the test ends it by hand)
+        sockets.append(ws)
+        assert ws.protocol.extensions, "no permessage-deflate agreed"
+        ws.socket.settimeout(H.scaled(8))
+        deadline = time.monotonic() + H.scaled(8)
+        try:
+            while sent[k] < (256 << 20) and time.monotonic() < deadline:
+                ws.send(zeros)
+                sent[k] += len(zeros)
+        except Exception:   # noqa: BLE001 - the send stalls (back-pressure) or the bridge closes: both are fine
+            pass
+
+    threads = [threading.Thread(target=flood, args=(k,), daemon=True) for k in range(8)]
+    for th in threads:
+        th.start()
+    H.join_all(threads, timeout=60)
+    time.sleep(1)
+    sampling.set()
+    sampler.join()
+    growth_mib = (peak[0] - before) / 1024
+    print(f"8 bridges, {sum(sent) >> 20} MiB of zeros offered ({[s >> 20 for s in sent]} MiB each); "
+          f"server RSS {before // 1024} MiB -> peak {peak[0] // 1024} MiB (+{growth_mib:.0f} MiB)")
+    assert sum(sent) >= 64 << 20, "the browsers could not even start: nothing was tested"
+    assert growth_mib < 8 * 20, f"the bridges held {growth_mib:.0f} MiB for a target that reads nothing"
+
+    # The browsers vanish (a killed tab: RST, with what they sent still unread at the server). SwiftNIO then reads
+    # all of it at once; the bridges must not inflate it into memory for a target that reads nothing, and each
+    # ends at once, its target aborted (a cut upload must not look complete).
+    mark = server.log_mark()
+    for ws in sockets:
+        try:
+            ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            ws.socket.shutdown(socket.SHUT_RDWR)
+            ws.socket.close()
+        except OSError:
+            pass
+    peak_after = [server.rss_kib() or 0]
+    deadline = time.monotonic() + H.scaled(10)
+    while len(server.log_lines_matching("raw bridge closed", since=mark)) < 8 and time.monotonic() < deadline:
+        peak_after[0] = max(peak_after[0], server.rss_kib() or 0)
+        time.sleep(0.05)
+    closed = server.log_lines_matching("raw bridge closed", since=mark)
+    print(f"after the browsers vanished: peak RSS {peak_after[0] // 1024} MiB; {len(closed)} bridges closed; "
+          f"{len(server.log_lines_matching('raw bridge aborted', since=mark))} aborted")
+    assert len(closed) == 8, f"{len(closed)} of 8 bridges closed within 10 s of their WebSockets going"
+    assert (peak_after[0] - before) / 1024 < 8 * 20 + 16, "the vanished browsers' data was inflated into memory"
+    hold.set()
+    assert server.alive()

@@ -41,3 +41,42 @@ def test_rules_that_name_the_address_open_it(adit, targets):
     by_name = H.free_port()
     c2 = adit.client(named.url, [(by_name, "localhost", echo.port)])
     H.wait_tunnel_ready(by_name, timeout=15, proc=c2)
+
+
+SPELLINGS = ["2130706433", "0177.0.0.1", "127.1", "0x7f.0.0.1"]
+
+
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_other_spellings_of_loopback_are_loopback(adit, targets, spelling):
+    """Decimal, octal, short and hex IPv4 and names with a trailing dot: each is whatever the resolver makes of it,
+    and the policy judges that address. Under `*:*` each is refused; a rule naming loopback's addresses opens
+    each (so the refusal is the policy's, not a name that failed to resolve)."""
+    echo = targets.echo()
+    broad = adit.server(["*:*"])
+    local = H.free_port()
+    client = adit.client(broad.url, [(local, spelling, echo.port)])
+    assert H.refused_locally(local) == ("reset", b""), f"{spelling} reached the server's loopback under *:*"
+    client.wait_for_log("not allowed by policy", timeout=10)
+    assert echo.accepted == 0
+
+    opened = adit.server(["*:*", "127.0.0.0/8:*"])
+    other = H.free_port()
+    client2 = adit.client(opened.url, [(other, spelling, echo.port)])
+    H.wait_tunnel_ready(other, timeout=15, proc=client2)
+    assert H.make_probe(other), f"{spelling} does not resolve to loopback here, so the refusal above proves nothing"
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("spelling", ["localhost.", "127.0.0.1."])
+def test_trailing_dot_names_never_reach_loopback(adit, targets, spelling):
+    """A trailing dot must not slip past a name rule's idea of loopback. glibc does not resolve these names at all
+    (no hosts entry has the dot), so they end as unreachable; whichever way, nothing is connected."""
+    echo = targets.echo()
+    broad = adit.server(["*:*"])
+    local = H.free_port()
+    client = adit.client(broad.url, [(local, spelling, echo.port)])
+    assert H.refused_locally(local) == ("reset", b"")
+    line = client.wait_for_log(f"connection to {spelling}:{echo.port} failed", timeout=10)
+    assert "not allowed by policy" in line or "did not resolve" in line, line
+    assert echo.accepted == 0

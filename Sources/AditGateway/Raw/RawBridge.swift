@@ -20,7 +20,7 @@ enum RawBridge {
         wsConfig.compression = configuration.compression
         wsConfig.acceptsText = true
         let webSocket = WebSocketConnectionHandler(role: .server, configuration: wsConfig, logger: logger)
-        let (webSocketSide, tcpSide) = RawSpliceHandler.pair()
+        let (webSocketSide, tcpSide) = RawSpliceHandler.pair(logger: logger)
         try channel.syncOptions?.setOption(.autoRead, value: false)
         try channel.pipeline.syncOperations.addHandler(webSocket)
         try channel.pipeline.syncOperations.addHandler(webSocketSide)
@@ -63,7 +63,7 @@ enum RawBridge {
     /// Client: one local connection, carried over its own WebSocket to `dialer`'s URL.
     static func bridgeLocalConnection(_ local: any Channel, dialer: WebSocketDialer, maxMessageSize: Int,
                                       compression: CompressionSettings, logger: Logger) {
-        let (webSocketSide, tcpSide) = RawSpliceHandler.pair()
+        let (webSocketSide, tcpSide) = RawSpliceHandler.pair(logger: logger)
         do {
             try local.pipeline.syncOperations.addHandler(tcpSide)
         } catch {

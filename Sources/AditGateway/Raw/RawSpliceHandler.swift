@@ -1,9 +1,17 @@
+import AditMux
 import AditTransport
+import Logging
 import NIOCore
 
 /// One end of a raw WebSocket ⇄ TCP bridge: what one channel reads, its partner writes, with back-pressure both
 /// ways (a side reads only while its partner is writable) and closes passed on. Each WebSocket message becomes
 /// bytes on the TCP side; each TCP read becomes one binary message. Both channels live on one event loop.
+///
+/// Back-pressure alone does not bound memory: when a peer goes away, SwiftNIO reads everything it had sent up to its
+/// end whether or not we asked (and a deflated WebSocket inflates it), and a side whose peer has gone may wait
+/// forever for a target that never reads. So a side that keeps receiving while it cannot write (`maxBacklog`), or
+/// still has bytes to write `lingerAfterPartnerGone` after its partner went, aborts the bridge: RST to the target,
+/// so that a cut transfer never looks complete.
 final class RawSpliceHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = Never
@@ -22,15 +30,24 @@ final class RawSpliceHandler: ChannelDuplexHandler {
     /// What the partner read before this side's channel was ready (bytes a client sent with its upgrade).
     private var early: [ByteBuffer] = []
     private var closeWhenAdded = false
+    /// Bytes written to this side since its channel stopped being writable.
+    private var backlog = 0
+    private let logger: Logger
 
-    private init(side: Side) {
+    /// Most bytes a side takes while it cannot write (its peer does not read) before the bridge is aborted.
+    static let maxBacklog = 16 << 20
+    /// How long a side may still write after its partner went before the bridge is aborted.
+    static let lingerAfterPartnerGone = TimeAmount.seconds(10)
+
+    private init(side: Side, logger: Logger) {
         self.side = side
+        self.logger = logger
     }
 
     /// Two handlers joined to each other: the first goes on the WebSocket channel, the second on the TCP one.
-    static func pair() -> (webSocket: RawSpliceHandler, tcp: RawSpliceHandler) {
-        let webSocket = RawSpliceHandler(side: .webSocket)
-        let tcp = RawSpliceHandler(side: .tcp)
+    static func pair(logger: Logger) -> (webSocket: RawSpliceHandler, tcp: RawSpliceHandler) {
+        let webSocket = RawSpliceHandler(side: .webSocket, logger: logger)
+        let tcp = RawSpliceHandler(side: .tcp, logger: logger)
         webSocket.partner = tcp
         tcp.partner = webSocket
         return (webSocket, tcp)
@@ -59,9 +76,29 @@ final class RawSpliceHandler: ChannelDuplexHandler {
             return
         }
         guard !closing else { return }
+        if !context.channel.isWritable {
+            backlog += buffer.readableBytes
+            if backlog > Self.maxBacklog {
+                abort(because: "its \(side == .tcp ? "target" : "WebSocket peer") is not reading and \(backlog >> 20) MiB more arrived")
+                return
+            }
+        }
         switch side {
         case .webSocket: context.write(NIOAny(TunnelMessage(buffer)), promise: nil)
         case .tcp: context.write(NIOAny(buffer), promise: nil)
+        }
+    }
+
+    /// Ends both connections at once, dropping what is queued: the TCP side with an RST.
+    private func abort(because why: String) {
+        backlog = -1  // nothing more is written
+        logger.warning("raw bridge aborted: \(why)")
+        for handler in [self, partner].compactMap({ $0 }) {
+            guard let channel = handler.context?.channel else { continue }
+            handler.closing = true
+            handler.backlog = -1
+            if handler.side == .tcp { ChannelStreamEndpoint.setLingerZero(channel) }
+            channel.close(promise: nil)
         }
     }
 
@@ -93,9 +130,16 @@ final class RawSpliceHandler: ChannelDuplexHandler {
             context.flush()
             channel.close(promise: nil)
         case .tcp:
-            context.writeAndFlush(NIOAny(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            let written = context.writeAndFlush(NIOAny(channel.allocator.buffer(capacity: 0)))
+            written.whenComplete { _ in
                 channel.close(promise: nil)
             }
+            // A target that never reads would hold the bridge (and what is queued for it) forever.
+            let linger = channel.eventLoop.scheduleTask(in: Self.lingerAfterPartnerGone) { [self] in
+                guard channel.isActive else { return }
+                abort(because: "the target read nothing for \(Self.lingerAfterPartnerGone.nanoseconds / 1_000_000_000) s after the WebSocket ended")
+            }
+            channel.closeFuture.whenComplete { _ in linger.cancel() }
         }
     }
 
@@ -127,7 +171,10 @@ final class RawSpliceHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { partner?.partnerBecameWritable() }
+        if context.channel.isWritable {
+            if backlog > 0 { backlog = 0 }
+            partner?.partnerBecameWritable()
+        }
         context.fireChannelWritabilityChanged()
     }
 
