@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import random
 import signal
 import socket
@@ -1205,26 +1206,30 @@ def server_hello(session: RawSession) -> tuple[int, int, int, int]:
             int.from_bytes(payload[9:13], "big"))
 
 
-class DelayRelay:
-    """A TCP relay on 127.0.0.1 that delays every chunk by `delay` seconds each way, preserving order: a path with a
-    round-trip time of 2 x delay between two local processes (loopback's own is a few microseconds)."""
+class FaultRelay:
+    """A TCP link 127.0.0.1:port -> upstream, in user space (this kernel has no netem): it delays each chunk
+    (`delay`, plus up to `jitter`), stalls at random (`stall_p` of the chunks wait `stall` more: what loss looks
+    like above TCP), and can go silent (`blackhole`). Each direction keeps order and holds at most `bound` chunks
+    (a slow side pushes back instead of filling memory)."""
 
-    def __init__(self, upstream_port: int, delay: float):
-        import queue
-        self._queue = queue
+    def __init__(self, upstream_port: int, delay: float = 0.0, jitter: float = 0.0, stall_p: float = 0.0,
+                 stall: tuple[float, float] = (0.1, 0.4), seed: int = 0, bound: int = 256):
         self.upstream_port = upstream_port
-        self.delay = delay
+        self.delay, self.jitter, self.stall_p, self.stall = delay, jitter, stall_p, stall
+        self.random = random.Random(seed)
+        self.bound = bound
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
+        self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, name="delay-relay", daemon=True).start()
+        self.lock = threading.Lock()
+        self.links: list[dict] = []       # {"socks": [a, b], "dead": Event}
+        self.stalls = 0
+        threading.Thread(target=self._accept, name="fault-relay", daemon=True).start()
 
     def _accept(self) -> None:
-        while not self.stopping.is_set():
+        while True:
             try:
                 a, _ = self.listener.accept()
             except OSError:
@@ -1235,28 +1240,46 @@ class DelayRelay:
             except OSError:
                 a.close()
                 continue
-            self.socks += [a, b]
+            link = {"socks": [a, b], "dead": threading.Event()}
+            with self.lock:
+                self.links.append(link)
             for src, dst in ((a, b), (b, a)):
-                q = self._queue.Queue()
-                threading.Thread(target=self._read, args=(src, q), daemon=True).start()
-                threading.Thread(target=self._write, args=(dst, q), daemon=True).start()
+                q: queue.Queue = queue.Queue(maxsize=self.bound)
+                threading.Thread(target=self._read, args=(src, q, link), daemon=True).start()
+                threading.Thread(target=self._write, args=(dst, q, link), daemon=True).start()
 
-    def _read(self, src: socket.socket, q) -> None:
+    def _due(self, last: float) -> float:
+        with self.lock:
+            extra = self.delay + self.random.uniform(0, self.jitter)
+            if self.stall_p and self.random.random() < self.stall_p:
+                extra += self.random.uniform(*self.stall)
+                self.stalls += 1
+        return max(last, time.monotonic() + extra)
+
+    def _read(self, src: socket.socket, q: queue.Queue, link: dict) -> None:
+        last = 0.0
         while True:
             try:
                 data = src.recv(65536)
             except OSError:
                 data = b""
-            q.put((time.monotonic() + self.delay, data))
+            if link["dead"].is_set():
+                if not data:
+                    return
+                continue                    # a blackhole swallows everything, and says nothing
+            last = self._due(last)
+            q.put((last, data))
             if not data:
                 return
 
-    def _write(self, dst: socket.socket, q) -> None:
+    def _write(self, dst: socket.socket, q: queue.Queue, link: dict) -> None:
         while True:
             due, data = q.get()
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
+            if link["dead"].is_set():
+                return
             try:
                 if not data:
                     dst.shutdown(socket.SHUT_WR)
@@ -1265,14 +1288,23 @@ class DelayRelay:
             except OSError:
                 return
 
+    def blackhole(self) -> None:
+        """Every open link goes silent both ways, its sockets left open (a NAT or firewall that forgot the flow).
+        New connections still pass."""
+        with self.lock:
+            for link in self.links:
+                link["dead"].set()
+
     def stop(self) -> None:
-        self.stopping.set()
         self.listener.close()
-        for s in self.socks:
-            try:
-                s.close()
-            except OSError:
-                pass
+        with self.lock:
+            for link in self.links:
+                link["dead"].set()
+                for s in link["socks"]:
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
 
 
 def assert_stops(proc: "AditProcess", timeout: float = 10.0) -> None:

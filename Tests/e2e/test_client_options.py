@@ -184,7 +184,7 @@ def test_keepalive_finds_a_silent_dead_peer(adit, targets, silent):
     server = adit._start("server", ["--listen", f"127.0.0.1:{port}", "--allow", f"127.0.0.1:{echo.port}",
                                     *(keep if silent == "client" else [])], log_level_arg=silent != "client")
     H.wait_for_port(port, timeout=10, proc=server, connect=False)
-    path = H.DelayRelay(port, 0.05)
+    path = H.FaultRelay(port, delay=0.05)
     try:
         local = H.free_port()
         client = adit._start("client", [f"ws://127.0.0.1:{path.port}/",

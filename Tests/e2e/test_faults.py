@@ -3,14 +3,13 @@ is cut silently; a lossy, delayed link; a target that resets, through every fron
 byte the application received is the sender's (SHA-256 of the prefix), a stream cut short ends in an error and
 never in a clean end of file, the survivors hold no extra descriptors, and the tunnel comes back.
 
-This kernel has no netem: `FaultRelay` is a user-space link that delays (with jitter), stalls at random (what loss
-looks like to TCP: a retransmission wait), and can be cut silently (a blackhole) or reset."""
+This kernel has no netem: `H.FaultRelay` is a user-space link that delays (with jitter), stalls at random (what loss
+looks like to TCP: a retransmission wait), and can be cut silently (a blackhole)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import random
 import signal
 import socket
@@ -25,105 +24,6 @@ import pytest
 import e2e_helpers as H
 
 HOLD = ["--wait-for-tunnel", str(int(H.scaled(30)))]
-
-
-class FaultRelay:
-    """A TCP link 127.0.0.1:port -> upstream with faults. Each direction keeps order and holds at most `bound`
-    chunks (a slow side pushes back instead of filling memory)."""
-
-    def __init__(self, upstream_port: int, delay: float = 0.0, jitter: float = 0.0, stall_p: float = 0.0,
-                 stall: tuple[float, float] = (0.1, 0.4), seed: int = 0, bound: int = 64):
-        self.upstream_port = upstream_port
-        self.delay, self.jitter, self.stall_p, self.stall = delay, jitter, stall_p, stall
-        self.random = random.Random(seed)
-        self.bound = bound
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
-        self.links: list[dict] = []       # {"socks": [a, b], "dead": Event}
-        self.stalls = 0
-        threading.Thread(target=self._accept, name="fault-relay", daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                a, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                b = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
-                b.settimeout(None)
-            except OSError:
-                a.close()
-                continue
-            link = {"socks": [a, b], "dead": threading.Event()}
-            with self.lock:
-                self.links.append(link)
-            for src, dst in ((a, b), (b, a)):
-                q: queue.Queue = queue.Queue(maxsize=self.bound)
-                threading.Thread(target=self._read, args=(src, q, link), daemon=True).start()
-                threading.Thread(target=self._write, args=(dst, q, link), daemon=True).start()
-
-    def _due(self, last: float) -> float:
-        with self.lock:
-            extra = self.delay + self.random.uniform(0, self.jitter)
-            if self.stall_p and self.random.random() < self.stall_p:
-                extra += self.random.uniform(*self.stall)
-                self.stalls += 1
-        return max(last, time.monotonic() + extra)
-
-    def _read(self, src: socket.socket, q: queue.Queue, link: dict) -> None:
-        last = 0.0
-        while True:
-            try:
-                data = src.recv(65536)
-            except OSError:
-                data = b""
-            if link["dead"].is_set():
-                if not data:
-                    return
-                continue                    # a blackhole swallows everything, and says nothing
-            last = self._due(last)
-            q.put((last, data))
-            if not data:
-                return
-
-    def _write(self, dst: socket.socket, q: queue.Queue, link: dict) -> None:
-        while True:
-            due, data = q.get()
-            wait = due - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            if link["dead"].is_set():
-                return
-            try:
-                if not data:
-                    dst.shutdown(socket.SHUT_WR)
-                    return
-                dst.sendall(data)
-            except OSError:
-                return
-
-    def blackhole(self) -> None:
-        """Every open link goes silent both ways, its sockets left open (a NAT or firewall that forgot the flow).
-        New connections still pass."""
-        with self.lock:
-            for link in self.links:
-                link["dead"].set()
-
-    def stop(self) -> None:
-        self.listener.close()
-        with self.lock:
-            for link in self.links:
-                link["dead"].set()
-                for s in link["socks"]:
-                    try:
-                        s.close()
-                    except OSError:
-                        pass
 
 
 def fd_count(pid: int) -> int:
@@ -266,7 +166,7 @@ def test_a_silently_cut_link_is_found_and_its_streams_abort(adit, targets, blob)
     source = targets.source(blob, 1 << 40, seed=3)      # endless: only the fault ends it
     echo = targets.echo()
     server = adit.server([f"127.0.0.1:{source.port}", f"127.0.0.1:{echo.port}"])
-    relay = FaultRelay(server.port)
+    relay = H.FaultRelay(server.port)
     try:
         local, probe = H.free_port(), H.free_port()
         client = adit.client(f"ws://127.0.0.1:{relay.port}", [(local, "127.0.0.1", source.port), (probe, "127.0.0.1", echo.port)],
@@ -307,7 +207,7 @@ def test_a_silently_cut_link_is_found_and_its_streams_abort(adit, targets, blob)
 def test_a_lossy_delayed_link_delivers_every_byte(adit, targets, blob):
     echo = targets.echo()
     server = adit.server([f"127.0.0.1:{echo.port}"])
-    relay = FaultRelay(server.port, delay=0.005, jitter=0.01, stall_p=0.03, stall=(0.05, 0.3), seed=11)
+    relay = H.FaultRelay(server.port, delay=0.005, jitter=0.01, stall_p=0.03, stall=(0.05, 0.3), seed=11)
     try:
         local = H.free_port()
         client = adit.client(f"ws://127.0.0.1:{relay.port}", [(local, "127.0.0.1", echo.port)])

@@ -199,6 +199,31 @@ def test_peer_reasons_cannot_forge_or_flood_log_lines(adit, targets):
     assert "x" * 300 not in log and "y" * 300 not in log and "…(+" in line, "a peer's 10 KiB reason flooded the log"
 
 
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_user_agent_or_url_cannot_forge_log_lines(adit, log_format):
+    """Issue 11, #7, end to end: a bare line feed (and an escape sequence) in the User-Agent and in the URL of a
+    refused request stay inside the one line the server logs, in text and JSON logs alike."""
+    import json
+    server = adit.server(["127.0.0.1:9"], extra=["--log-format", log_format])
+    forged = b"\n2026-11-28T00:00:00+0000 error adit.server: FORGED \x1b[31mline"
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /nope" + forged.replace(b" ", b"%20") + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Protocol: adit.v1\r\nUser-Agent: evil" + forged + b"\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 404")
+    server.wait_for_log("refused HTTP request", timeout=10)
+    lines = [l for l in server.log_text().splitlines() if l and not l.startswith("###")]
+    assert not [l for l in lines if l.startswith("2026-11-28T00:00:00")], "a request forged a log line"
+    assert "\x1b" not in server.log_text(), "an escape sequence reached the log"
+    refused = [l for l in lines if "refused HTTP request" in l]
+    assert len(refused) == 1 and "FORGED" in refused[0], refused
+    assert "\\n2026-11-28T00:00:00" in refused[0], f"the line feed was not escaped: {refused[0]}"
+    if log_format == "json":
+        for l in lines:
+            json.loads(l)   # every line is one JSON object: nothing split a line
+
+
 # --- bounds of the upgrade ------------------------------------------------------------------------------------
 
 def _ended_within(s: socket.socket, seconds: float) -> tuple[str, bytes, float]:
@@ -340,4 +365,86 @@ def test_deflated_messages_to_a_target_that_does_not_read_do_not_pin_memory(adit
     assert len(closed) == 8, f"{len(closed)} of 8 bridges closed within 10 s of their WebSockets going"
     assert (peak_after[0] - before) / 1024 < 8 * 20 + 16, "the vanished browsers' data was inflated into memory"
     hold.set()
+    assert server.alive()
+
+
+@pytest.mark.deadline(90)
+def test_out_of_descriptors_the_admin_listener_does_not_spin_either(adit, targets, tmp_path):
+    """The --admin listener is Hummingbird's: flooded past the descriptor limit, it must not spin on failing
+    accepts either, and it answers /healthz once the flood leaves (the tunnel listener stays usable too)."""
+    echo = targets.echo()
+    port, admin = H.free_port(), H.free_port()
+    server = H.AditProcess("adit-server-limited",
+                           prlimited([str(adit.bin), "server", "--listen", f"127.0.0.1:{port}",
+                                      "--allow", f"127.0.0.1:{echo.port}", "--admin", f"127.0.0.1:{admin}"], 64),
+                           tmp_path / "adit-server-limited.log").start()
+    adit.procs.append(server)
+    H.wait_for_port(admin, timeout=10, proc=server, connect=False)
+    flood = []
+    try:
+        for _ in range(120):
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", admin), timeout=H.scaled(2)))
+            except OSError:
+                break
+        H.wait_until(lambda: len(os.listdir(f"/proc/{server.pid}/fd")) >= 60, timeout=10,
+                     what="the server to run out of descriptors")
+        t0, c0 = time.monotonic(), cpu_seconds(server.pid)
+        time.sleep(3.0)   # the window the CPU time is measured over
+        busy = (cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
+        print(f"server CPU while its admin listener is out of descriptors: {busy * 100:.0f} % of a core")
+        assert busy < 0.25, f"the admin listener spins at {busy * 100:.0f} % of a core while out of descriptors"
+        assert server.alive()
+    finally:
+        for s in flood:
+            s.close()
+    import urllib.request
+    H.wait_until(lambda: _healthz(admin), timeout=20, what="/healthz to answer after the flood left")
+    local = H.free_port()
+    client = adit.client(f"ws://127.0.0.1:{port}", [(local, "127.0.0.1", echo.port)])
+    H.wait_tunnel_ready(local, timeout=20, proc=client)
+
+
+def _healthz(port: int) -> bool:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.deadline(90)
+def test_a_peer_that_never_reads_its_refusals_is_cut_at_4_mib(adit):
+    """Control replies that cannot be coalesced (a RESET for each refused OPEN) queue up for a peer that sends
+    and never reads: past 4 MiB waiting in the server (beyond what the kernel took) the tunnel is closed."""
+    server = adit.server(["127.0.0.1:9"])
+    s = upgrade(server.port)
+    server.wait_for_log("tunnel opened", timeout=5)
+    before = H.read_rss_kib(server.pid)
+    hello = struct.pack("!IBIBIII", (13 << 8) | 0x8, 0, 0, 1, 1 << 20, 1 << 20, 0)
+    s.sendall(masked_frame(0x2, hello))
+    denied = H.mux_ipv4_target("10.255.255.1", 9)    # refused by policy at once: one RESET each
+    stream, sent = 1, 0
+    s.settimeout(0.5)
+    deadline = time.monotonic() + H.scaled(40)
+    closed = False
+    while time.monotonic() < deadline and not closed:
+        frames = b"".join(H.mux_frame(H.MUX_OPEN, stream + 2 * k, denied) for k in range(2000))
+        stream += 4000
+        try:
+            s.sendall(masked_frame(0x2, frames))
+            sent += len(frames)
+        except socket.timeout:
+            continue
+        except OSError:
+            closed = True
+        if server.log_lines_matching("stopped reading"):
+            break
+    line = server.wait_for_log("the tunnel peer stopped reading", timeout=10)
+    growth = (H.read_rss_kib(server.pid) - before) / 1024
+    print(f"{sent / H.MiB:.1f} MiB of OPENs sent; {line.split('adit.server:')[-1].strip()}; RSS +{growth:.0f} MiB")
+    assert growth < 48, f"the server grew {growth:.0f} MiB for refusals nobody read"
+    s.close()
+    H.wait_until(lambda: server.log_lines_matching("tunnel closed"), timeout=10, what="the tunnel to be closed")
     assert server.alive()

@@ -83,3 +83,47 @@ def test_an_idle_tunnel_is_closed_and_the_client_comes_back_when_needed(adit, ta
         s.settimeout(10)
         s.sendall(b"after idle")
         assert H.recv_exactly(s, 10) == b"after idle"
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("flag", ["--max-sessions", "--max-sessions-per-user"])
+def test_the_server_wide_and_per_user_session_flags(adit, adit_bin, targets, tmp_path, flag):
+    """--max-sessions caps all tunnels; --max-sessions-per-user caps each user's (here without a limit of its own in
+    the users file). The third tunnel gets 429; a slot comes back when one closes."""
+    echo = targets.echo()
+    token, digest = make_token(adit_bin, "carol")
+    path = users_file(tmp_path / "users.yaml", [{"name": "carol", "token": digest}])
+    server = adit.server([f"127.0.0.1:{echo.port}"], extra=[flag, "2", "--users", str(path)])
+    auth = [("Sec-WebSocket-Protocol", "adit.v1"), ("Authorization", f"Bearer {token}")]
+    held = []
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                   f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: adit.v1\r\nAuthorization: Bearer {token}\r\n\r\n").encode())
+        assert b" 101 " in s.recv(4096)
+        held.append(s)
+    status, _ = raw_upgrade(server.port, auth)
+    assert " 429 " in status, f"{flag} 2: the third tunnel got {status}"
+    held.pop().close()
+    H.wait_until(lambda: " 101 " in raw_upgrade(server.port, auth)[0], 10, what="a slot to come back")
+    for s in held:
+        s.close()
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("path", ["/metrics", "/status", "/status.json", "/readyz", "/healthz"])
+def test_the_tunnel_port_never_serves_the_admin_pages(adit, path):
+    """Metrics and status live on --metrics/--admin only, which operators keep private: the public tunnel port
+    answers them as any plain HTTP request (426), revealing nothing."""
+    admin = H.free_port()
+    server = adit.server(["127.0.0.1:9"], extra=["--admin", f"127.0.0.1:{admin}"])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = H.recv_until_eof(s)
+    assert answer.startswith(b"HTTP/1.1 426"), answer[:100]
+    for secret in (b"adit_", b"sessions", b"# HELP", b"ready"):
+        assert secret not in answer.split(b"\r\n\r\n", 1)[1].lower().replace(b"upgrade", b""), answer
+    # while the admin listener does serve it
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=5) as resp:
+        assert resp.status == 200

@@ -20,12 +20,9 @@ stayed flat and no byte was lost; 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import random
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time

@@ -81,6 +81,12 @@ public final class AdminEndpoint: BindingService, @unchecked Sendable {
             configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
             onServerRunning: { channel in
                 let shown = channel.localAddress.map { HostPort(host: $0.ipAddress ?? address.host, port: $0.port ?? 0) } ?? address
+                // Hummingbird's listener has no accept back-off: out of descriptors it spun at 62 % of a core
+                // (test_gauntlet). The same pause as every other listener, first in its server pipeline.
+                try? await channel.eventLoop.submit {
+                    try channel.pipeline.syncOperations.addHandler(
+                        AcceptPauseHandler(logger: Logger(label: "adit.listener")), position: .first)
+                }.get()
                 logger.notice("admin listener on http://\(shown)/ (/healthz, /readyz, /metrics, /status)")
             },
             logger: quiet)

@@ -30,7 +30,7 @@ enum RawBridge {
             "compression": "\(upgrade.deflate?.summary ?? "none")",
             "user_agent": "\(head.headers["User-Agent"].first ?? "")",
         ])
-        channel.closeFuture.whenComplete { _ in
+        channel.closeFuture.assumeIsolated().whenComplete { _ in
             if let statistics = webSocket.compressionStatistics {
                 logger.info("raw bridge closed; compression: \(statistics.summary)")
             } else {

@@ -135,7 +135,7 @@ final class RawSpliceHandler: ChannelDuplexHandler {
                 channel.close(promise: nil)
             }
             // A target that never reads would hold the bridge (and what is queued for it) forever.
-            let linger = channel.eventLoop.scheduleTask(in: Self.lingerAfterPartnerGone) { [self] in
+            let linger = channel.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerAfterPartnerGone) { [self] in
                 guard channel.isActive else { return }
                 abort(because: "the target read nothing for \(Self.lingerAfterPartnerGone.nanoseconds / 1_000_000_000) s after the WebSocket ended")
             }

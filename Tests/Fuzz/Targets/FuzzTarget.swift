@@ -119,7 +119,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     static func extensionOffers(_ data: [UInt8]) {
         let text = String(decoding: data, as: UTF8.self)
         guard let offers = try? WebSocketExtensionOffer.parse(text.split(separator: "\n").map(String.init)) else { return }
-        _ = try? PerMessageDeflateNegotiation.accept(offers: offers, policy: PerMessageDeflatePolicy())
+        _ = PerMessageDeflateNegotiation.accept(offers: offers, policy: PerMessageDeflatePolicy())
     }
 
     /// The server's upgrade request head, split anywhere; what follows the head is kept byte for byte.
