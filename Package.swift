@@ -120,10 +120,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Options from flags, ADIT_* variables and the --config file, layered; what `check-config` prints.
+        .target(
+            name: "AditConfiguration",
+            dependencies: [
+                "AditGateway",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "adit",
             dependencies: [
                 "AditGateway",
+                "AditConfiguration",
                 "AditWebSocket",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),
@@ -188,6 +200,7 @@ let package = Package(
             name: "AditCommandTests",
             dependencies: [
                 "adit",
+                "AditConfiguration",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -197,7 +210,7 @@ let package = Package(
         .target(
             name: "AditFuzzing",
             dependencies: [
-                "AditMux", "AditTransport", "AditWebSocket", "AditProxy", "AditGateway",
+                "AditMux", "AditTransport", "AditWebSocket", "AditProxy", "AditGateway", "AditConfiguration",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,3 +1,4 @@
+import AditConfiguration
 import ArgumentParser
 import AditGateway
 import Foundation

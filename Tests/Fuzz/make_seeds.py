@@ -130,6 +130,10 @@ def main() -> None:
     certificates: [CN=bob, "DNS:bob.example"]
 """)
     write("users-file", "empty-list", b"users: []\n")
+    write("config-file", "both", b"server:\n  listen: 0.0.0.0:443\n  allow: [db:5432, '*.corp:443']\n"
+                                 b"  keepalive-timeout: 10\nclient:\n  server: wss://gw/\n  forward:\n    - 5432:db:5432\n  insecure: false\n")
+    write("config-file", "mistakes", b"server:\n  alow: [x]\n  --listen: 1\nclient:\n  L: [1:a:2]\n  insecure: maybe\n")
+    write("config-file", "shapes", b"server:\nclient: {server: [a, [b]], forward: {x: 1}}\nlisten: 1\n")
     # What fuzzing found (kept as seeds so that `make test` replays them):
     write("http-request-head", "non-ascii-header-name", WHOLE + b"GET / HTTP/1.1\r\nHost: x\r\nX-\xc3\xa9: 1\r\n\r\n")
     write("http-response", "non-ascii-header-name", WHOLE + b"HTTP/1.1 407 Auth\r\nProxy-\xc3\xa9: x\r\n\r\n")

@@ -331,3 +331,66 @@ def test_the_proxy_killed_mid_transfer_aborts_the_stream(adit, targets, tmp_path
         source.kill()
         proxy.proc.wait(10)
         proxy.stop()
+
+
+def test_the_server_killed_during_its_drain_aborts_the_stream_it_was_finishing(adit):
+    """SIGTERM starts a drain (GOAWAY, open streams may finish); a kill -9 in the middle of it must still end
+    the application's stream with an abort, not a clean end."""
+    source = SourceProcess(64 * H.MiB, seed=9)
+    try:
+        server = adit.server([f"127.0.0.1:{source.port}"], extra=["--drain-timeout", "60"])
+        local = H.free_port()
+        client = adit.client(server.url, [(local, "127.0.0.1", source.port)])
+        H.wait_for_port(local, timeout=10, proc=client, connect=False)
+        events = []
+
+        def on_progress(n: int) -> None:
+            if n >= 4 * H.MiB and not events:
+                events.append("term")
+                server.signal(signal.SIGTERM)
+            elif n >= 12 * H.MiB and events == ["term"]:
+                events.append("kill")
+                server.wait_for_log("draining", timeout=5)
+                server.signal(signal.SIGKILL)
+
+        how, got = download(local, on_progress)
+        assert events == ["term", "kill"], f"the faults did not both happen ({events}, {len(got)} B)"
+        assert hashlib.sha256(got).digest() == hashlib.sha256(source.data[:len(got)]).digest()
+        assert how == "reset" and len(got) < source.total, \
+            f"killed mid-drain, the application saw {how} after {len(got)} of {source.total} B"
+        assert client.alive()
+    finally:
+        source.kill()
+
+
+def test_the_server_killed_mid_upload_is_not_taken_for_a_finished_upload(adit, targets, blob):
+    """An upload to a sink that answers with the SHA-256 of what it got, once the upload ends: the server dies
+    halfway, and the application must get an error, never an answer or a clean end."""
+    sink = targets.hash_sink()
+    server = adit.server([f"127.0.0.1:{sink.port}"])
+    local = H.free_port()
+    client = adit.client(server.url, [(local, "127.0.0.1", sink.port)])
+    H.wait_for_port(local, timeout=10, proc=client, connect=False)
+    s = H.connect_local(local, timeout=10)
+    s.settimeout(H.scaled(15))
+    sent = 0
+    outcome = None
+    try:
+        chunk = blob.bytes(256 * H.KiB, 3)
+        while sent < 256 * H.MiB:
+            s.sendall(chunk)
+            sent += len(chunk)
+            if sent == 16 * H.MiB:
+                server.signal(signal.SIGKILL)
+            time.sleep(0.001)
+        s.shutdown(socket.SHUT_WR)
+        outcome = ("answered", s.recv(200))
+    except (ConnectionResetError, BrokenPipeError) as e:
+        outcome = ("error", type(e).__name__)
+    except socket.timeout:
+        outcome = ("hang", sent)
+    finally:
+        s.close()
+    print(f"upload cut by the server's death after {sent >> 20} MiB sent: {outcome}")
+    assert outcome[0] == "error", f"the server died mid-upload and the application saw {outcome}"
+    assert client.alive()

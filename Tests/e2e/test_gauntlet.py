@@ -445,6 +445,52 @@ def test_a_peer_that_never_reads_its_refusals_is_cut_at_4_mib(adit):
     growth = (H.read_rss_kib(server.pid) - before) / 1024
     print(f"{sent / H.MiB:.1f} MiB of OPENs sent; {line.split('adit.server:')[-1].strip()}; RSS +{growth:.0f} MiB")
     assert growth < 48, f"the server grew {growth:.0f} MiB for refusals nobody read"
+    # Tens of thousands of refusals, but at most twenty lines a second in the log, the rest counted.
+    refused = server.log_lines_matching("stream refused")
+    seconds = {l.split(" ")[0] for l in refused}
+    print(f"{len(refused)} refusal lines over {len(seconds)} second(s) of log")
+    assert refused and len(refused) <= 20 * len(seconds), f"{len(refused)} refusal lines in {len(seconds)} s"
     s.close()
     H.wait_until(lambda: server.log_lines_matching("tunnel closed"), timeout=10, what="the tunnel to be closed")
     assert server.alive()
+    # The next refusal after the window reports how many were left out.
+    time.sleep(1.1)
+    later = H.RawSession(server.url)
+    H.server_hello(later)
+    later.send(H.mux_hello(), H.mux_frame(H.MUX_OPEN, 1, denied))
+    line = server.wait_for_log("suppressed_before=", timeout=10)
+    later.close()
+    assert int(line.split("suppressed_before=")[1].split()[0]) > 1000, line
+
+
+@pytest.mark.deadline(90)
+def test_out_of_descriptors_a_client_front_does_not_spin(adit, targets, tmp_path):
+    """The client's own listeners (-L here; -D, --http-proxy and the server's -R listeners share the same pause):
+    flooded past the client's descriptor limit, it pauses accepting instead of spinning, and serves again once the
+    flood leaves."""
+    echo = targets.echo()
+    server = adit.server([f"127.0.0.1:{echo.port}"])
+    local = H.free_port()
+    client = H.AditProcess("adit-client-limited",
+                           prlimited([str(adit.bin), "client", server.url, "-L", f"127.0.0.1:{local}:127.0.0.1:{echo.port}"], 64),
+                           tmp_path / "adit-client-limited.log").start()
+    adit.procs.append(client)
+    H.wait_tunnel_ready(local, timeout=15, proc=client)
+    flood = []
+    try:
+        for _ in range(120):
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", local), timeout=H.scaled(2)))
+            except OSError:
+                break
+        client.wait_for_log("out of file descriptors", timeout=10)
+        t0, c0 = time.monotonic(), cpu_seconds(client.pid)
+        time.sleep(3.0)   # the window the CPU time is measured over
+        busy = (cpu_seconds(client.pid) - c0) / (time.monotonic() - t0)
+        print(f"client CPU while its -L listener is out of descriptors: {busy * 100:.0f} % of a core")
+        assert busy < 0.25, f"the -L listener spins at {busy * 100:.0f} % of a core while out of descriptors"
+        assert client.alive()
+    finally:
+        for s in flood:
+            s.close()
+    H.wait_until(lambda: H.make_probe(local), timeout=20, what="the forward to serve again after the flood left")

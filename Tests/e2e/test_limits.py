@@ -127,3 +127,79 @@ def test_the_tunnel_port_never_serves_the_admin_pages(adit, path):
     # while the admin listener does serve it
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=5) as resp:
         assert resp.status == 200
+
+
+@pytest.mark.deadline(60)
+def test_a_users_own_stream_limit(adit, adit_bin, targets, tmp_path):
+    """limits.streams in the users file: the user's third concurrent stream is reset ("resource limit"); one
+    more fits once one ends."""
+    echo = targets.echo()
+    token, digest = make_token(adit_bin, "dave")
+    path = users_file(tmp_path / "users.yaml", [{"name": "dave", "token": digest}])
+    path.write_text(path.read_text() + "    limits: { streams: 2 }\n")
+    server = adit.server([f"127.0.0.1:{echo.port}"], extra=["--users", str(path)])
+    local = H.free_port()
+    client = adit.client(server.url, [(local, "127.0.0.1", echo.port)], env={"ADIT_TOKEN": token})
+    held = []
+    for _ in range(2):
+        s = H.connect_local(local, timeout=10)
+        s.settimeout(H.scaled(10))
+        s.sendall(b"ping")
+        assert H.recv_exactly(s, 4) == b"ping"
+        held.append(s)
+    assert H.refused_locally(local, send=b"third") == ("reset", b""), "a third stream got through limits.streams 2"
+    client.wait_for_log("resource limit", timeout=10)
+    held.pop().close()
+    H.wait_until(lambda: H.make_probe(local), timeout=10, what="a stream to fit again once one ended")
+    for s in held:
+        s.close()
+
+
+@pytest.mark.deadline(90)
+def test_256_reverse_listeners_per_tunnel(adit, targets):
+    """A tunnel may hold 256 -R listeners on the server; the 257th is refused, naming the limit."""
+    echo = targets.echo()
+    server = adit.server([], extra=["--allow-reverse", "127.0.0.1:*"])
+    args = []
+    for _ in range(257):
+        args += ["-R", f"127.0.0.1:0:127.0.0.1:{echo.port}"]
+    client = adit.client(server.url, [], extra=args)
+    line = client.wait_for_log("more than 256 listeners on this tunnel", timeout=30)
+    print(line)
+    H.wait_until(lambda: len(client.log_lines_matching("the server listens on")) >= 256, timeout=30,
+                 what="256 listeners to be up")
+    assert len(client.log_lines_matching("more than 256 listeners")) >= 1
+    time.sleep(0.5)   # (a 257th would have been logged by now)
+    assert len(client.log_lines_matching("the server listens on")) == 256
+    assert client.alive() and server.alive()
+
+
+@pytest.mark.deadline(90)
+def test_the_default_stream_limit_follows_the_open_file_limit(adit, targets, tmp_path):
+    """Without --max-streams a tunnel carries at most 3/4 of the open-file limit: at nofile 200 the server takes
+    150 streams, and the next is reset with "resource limit" instead of failing on descriptors."""
+    from test_gauntlet import prlimited
+    echo = targets.echo()
+    port = H.free_port()
+    server = H.AditProcess("adit-server-limited",
+                           prlimited([str(adit.bin), "server", "--listen", f"127.0.0.1:{port}",
+                                      "--allow", f"127.0.0.1:{echo.port}"], 200),
+                           tmp_path / "adit-server-limited.log").start()
+    adit.procs.append(server)
+    H.wait_for_port(port, timeout=10, proc=server, connect=False)
+    local = H.free_port()
+    client = adit.client(f"ws://127.0.0.1:{port}", [(local, "127.0.0.1", echo.port)])
+    held = []
+    try:
+        for k in range(150):
+            s = H.connect_local(local, timeout=10)
+            s.settimeout(H.scaled(10))
+            s.sendall(b"x")
+            assert H.recv_exactly(s, 1) == b"x", f"stream {k + 1} of 150 failed"
+            held.append(s)
+        assert H.refused_locally(local, send=b"y") == ("reset", b""), "stream 151 got through at nofile 200"
+        client.wait_for_log("resource limit", timeout=10)
+    finally:
+        for s in held:
+            s.close()
+    assert server.alive()

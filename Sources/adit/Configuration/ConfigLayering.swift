@@ -1,3 +1,4 @@
+import AditConfiguration
 import ArgumentParser
 import Foundation
 import NIOConcurrencyHelpers

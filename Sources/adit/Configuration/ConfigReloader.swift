@@ -1,3 +1,4 @@
+import AditConfiguration
 import AditGateway
 import ArgumentParser
 import Foundation

@@ -1,3 +1,4 @@
+import AditConfiguration
 import AditGateway
 import AditMux
 import AditProxy
@@ -6,7 +7,7 @@ import AditWebSocket
 import NIOCore
 import NIOHTTP1
 
-/// Every parser and state machine a peer can feed, as a fuzz target: libFuzzer drives them through the
+/// Every parser and state machine a peer (or an operator's file) can feed, as a fuzz target: libFuzzer drives them through the
 /// `adit-fuzz` driver (`make fuzz`), and `FuzzCorpusTests` replays the corpus in every `make test`.
 ///
 /// A target returns normally for any input, rejected or not; a crash, a trap (overflow, out of bounds), a hang or
@@ -24,6 +25,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case socksFront = "socks-front"
     case httpProxyFront = "http-proxy-front"
     case usersFile = "users-file"
+    case configFile = "config-file"
 
     public func run(_ data: [UInt8]) {
         switch self {
@@ -39,6 +41,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .socksFront: Self.socksFront(data)
         case .httpProxyFront: Self.httpProxyFront(data)
         case .usersFile: Self.usersFile(data)
+        case .configFile: Self.configFile(data)
         }
     }
 
@@ -226,5 +229,33 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// A users file as an operator may write it (or a broken copy of one): parsed or refused, never a trap.
     static func usersFile(_ data: [UInt8]) {
         _ = try? UsersFile.parse(String(decoding: data, as: UTF8.self), path: "fuzz.yaml")
+    }
+
+    /// Commands shaped like adit's (a scalar, a list, a switch, a short-only flag), for the `--config` reader.
+    private static let configCatalogs = [
+        OptionCatalog(command: "server", options: [
+            .init(key: "listen", spellings: ["--listen"], defaultValue: "127.0.0.1:8080"),
+            .init(key: "allow", spellings: ["--allow"], isRepeating: true),
+            .init(key: "keepalive-timeout", spellings: ["--keepalive-timeout"]),
+        ], positionalKey: nil),
+        OptionCatalog(command: "client", options: [
+            .init(key: "server", spellings: ["--server"], isRepeating: true),
+            .init(key: "forward", spellings: ["-L"], isRepeating: true),
+            .init(key: "insecure", spellings: ["--insecure"], isFlag: true),
+        ], positionalKey: "server"),
+    ]
+
+    /// A `--config` file as an operator may write it, or break it: its sections and keys, or an error with a line.
+    static func configFile(_ data: [UInt8]) {
+        let text = String(decoding: data, as: UTF8.self)
+        guard let sections = try? ConfigFile.sections(ofYAML: text, path: "fuzz.yaml", catalogs: configCatalogs) else { return }
+        for (name, entries) in sections {
+            let catalog = configCatalogs.first { $0.command == name }
+            check(catalog != nil, "a section `\(name)` that is not a command was accepted")
+            for (key, entry) in entries {
+                check(catalog?.option(forKey: key) != nil, "an unknown key `\(name).\(key)` was accepted")
+                check(entry.line >= 1, "`\(name).\(key)` has no line")
+            }
+        }
     }
 }

@@ -16,27 +16,27 @@ import Yams
 /// The values are read through swift-configuration (`FileProvider<YAMLSnapshot>`); the file is also walked with
 /// Yams first, because swift-configuration keeps no line numbers and quietly ignores keys nobody asks for: a
 /// misspelt `alow:` must be an error that names its line, not a rule that silently never applies.
-struct ConfigFile: Sendable {
-    struct Entry: Sendable {
-        var line: Int
+package struct ConfigFile: Sendable {
+    package struct Entry: Sendable {
+        package var line: Int
         /// Written as a YAML sequence (`allow: [a, b]`), not one scalar.
-        var isList: Bool
+        package var isList: Bool
     }
 
-    let path: String
+    package let path: String
     /// Section name → key → where it is.
-    let sections: [String: [String: Entry]]
+    package let sections: [String: [String: Entry]]
     private let provider: FileProvider<YAMLSnapshot>?
 
     /// A reader of one section's values, keyed by option (`listen`, not `server.listen`).
-    func reader(section: String) -> ConfigReader? {
+    package func reader(section: String) -> ConfigReader? {
         guard let provider, sections[section] != nil else { return nil }
         return ConfigReader(provider: provider.prefixKeys(with: ConfigKey(section)))
     }
 
     /// Loads and checks `path` against the commands' catalogs: every section a command, every key an option,
     /// every value of the right shape. Errors name the file and line.
-    static func load(path: String, catalogs: [OptionCatalog]) async throws -> ConfigFile {
+    package static func load(path: String, catalogs: [OptionCatalog]) async throws -> ConfigFile {
         guard let data = FileManager.default.contents(atPath: path) else {
             let why = access(path, F_OK) != 0 ? "does not exist" : "cannot be read (check its permissions)"
             throw ConfigFileError(path: path, line: nil, detail: why)
@@ -44,13 +44,22 @@ struct ConfigFile: Sendable {
         guard let text = String(data: data, encoding: .utf8) else {
             throw ConfigFileError(path: path, line: nil, detail: "is not UTF-8 text")
         }
+        let sections = try Self.sections(ofYAML: text, path: path, catalogs: catalogs)
+        guard !sections.isEmpty else { return ConfigFile(path: path, sections: [:], provider: nil) }
+        let provider = try await FileProvider<YAMLSnapshot>(filePath: FilePath(path))
+        return ConfigFile(path: path, sections: sections, provider: provider)
+    }
+
+    /// The sections and keys of a configuration text, with their lines, checked against the commands'
+    /// catalogs. Pure: the `config-file` fuzz target drives it.
+    package static func sections(ofYAML text: String, path: String, catalogs: [OptionCatalog]) throws -> [String: [String: Entry]] {
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
         } catch let error as YamlError {
             throw ConfigFileError(path: path, line: error.line, detail: "is not valid YAML: \(error.problem)")
         }
-        guard let root else { return ConfigFile(path: path, sections: [:], provider: nil) }
+        guard let root else { return [:] }
         let commands = catalogs.map(\.command)
         let sectionList = commands.map { "`\($0):`" }.joined(separator: " and ")
         guard let mapping = root.mapping else {
@@ -68,8 +77,7 @@ struct ConfigFile: Sendable {
             }
             sections[name] = try entries(of: value, catalog: catalog, path: path)
         }
-        let provider = try await FileProvider<YAMLSnapshot>(filePath: FilePath(path))
-        return ConfigFile(path: path, sections: sections, provider: provider)
+        return sections
     }
 
     private static func entries(of section: Node, catalog: OptionCatalog, path: String) throws -> [String: Entry] {
@@ -116,7 +124,7 @@ struct ConfigFile: Sendable {
     }
 
     /// " (did you mean `keepalive`?)" for a near miss, or the flag spelled as a key (`--listen:`, `L:`).
-    static func suggestion(for key: String, in catalog: OptionCatalog) -> String {
+    package static func suggestion(for key: String, in catalog: OptionCatalog) -> String {
         let bare = key.hasPrefix("-") ? String(key.drop(while: { $0 == "-" })) : key
         if let option = catalog.option(forKey: bare) { return " (write `\(option.key):`, without dashes)" }
         if let option = catalog.option(spelledAs: "-\(bare)") ?? catalog.option(spelledAs: "--\(bare)") {
@@ -127,7 +135,7 @@ struct ConfigFile: Sendable {
         return "; `adit \(catalog.command) --help` lists them"
     }
 
-    static func editDistance(_ a: String, _ b: String) -> Int {
+    package static func editDistance(_ a: String, _ b: String) -> Int {
         let a = Array(a), b = Array(b)
         guard !a.isEmpty else { return b.count }
         guard !b.isEmpty else { return a.count }
@@ -144,9 +152,9 @@ struct ConfigFile: Sendable {
 }
 
 /// A configuration file that cannot be used: which file, which line, what is wrong.
-struct ConfigFileError: Error, CustomStringConvertible {
-    var path: String
-    var line: Int?
-    var detail: String
-    var description: String { "\(path)\(line.map { " line \($0)" } ?? ""): \(detail)" }
+package struct ConfigFileError: Error, CustomStringConvertible {
+    package var path: String
+    package var line: Int?
+    package var detail: String
+    package var description: String { "\(path)\(line.map { " line \($0)" } ?? ""): \(detail)" }
 }

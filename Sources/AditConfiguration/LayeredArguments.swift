@@ -7,15 +7,15 @@ import Foundation
 /// Why back into arguments: ArgumentParser then parses and validates every value the same way whatever its source
 /// (one set of checks and messages), and the flag declarations stay the one place that holds each default.
 /// swift-configuration reads the file and the environment; this type only decides, per option, which layer wins.
-struct LayeredArguments: Sendable {
-    enum Source: Sendable, Equatable, CustomStringConvertible {
+package struct LayeredArguments: Sendable {
+    package enum Source: Sendable, Equatable, CustomStringConvertible {
         case commandLine
         case environment(variable: String)
         case file(path: String, line: Int, key: String)
         case defaultValue
         case unset
 
-        var description: String {
+        package var description: String {
             switch self {
             case .commandLine: return "command line"
             case .environment(let variable): return "environment \(variable)"
@@ -26,22 +26,22 @@ struct LayeredArguments: Sendable {
         }
     }
 
-    struct Setting: Sendable {
-        var option: OptionCatalog.Option
+    package struct Setting: Sendable {
+        package var option: OptionCatalog.Option
         /// As given (a flag: "true" or "false"); empty when the default applies.
-        var values: [String]
-        var source: Source
+        package var values: [String]
+        package var source: Source
     }
 
     /// What ArgumentParser parses: the command line, with what the environment and the file add.
-    var arguments: [String]
+    package var arguments: [String]
     /// Every option of the command, in `--help` order, with where its value came from.
-    var settings: [Setting]
+    package var settings: [Setting]
     /// The file the values came from, if any (`--config` or ADIT_CONFIG).
-    var configPath: String?
+    package var configPath: String?
 
     /// The origin of a value not typed on the command line, for error messages: "from ADIT_KEEPALIVE".
-    func origin(ofSpelling spelling: String) -> Source? {
+    package func origin(ofSpelling spelling: String) -> Source? {
         guard let setting = settings.first(where: { $0.option.spellings.contains(spelling) }) else { return nil }
         switch setting.source {
         case .environment, .file: return setting.source
@@ -50,13 +50,13 @@ struct LayeredArguments: Sendable {
     }
 
     /// Options whose values may hold commas of their own: one value per variable, not a comma-separated list.
-    static let unsplitKeys: Set<String> = ["header", "proxy-header"]
+    package static let unsplitKeys: Set<String> = ["header", "proxy-header"]
 
     /// - Parameters:
     ///   - commandLine: the arguments after the command's name.
     ///   - environment: the process environment (ADIT_* are read from it).
     ///   - file: the loaded `--config` file, if any.
-    init(catalog: OptionCatalog, commandLine: [String], environment: [String: String], file: ConfigFile?) throws {
+    package init(catalog: OptionCatalog, commandLine: [String], environment: [String: String], file: ConfigFile?) throws {
         let given = Self.optionsOnCommandLine(commandLine, catalog: catalog)
         let environmentReader = ConfigReader(
             provider: EnvironmentVariablesProvider(environmentVariables: environment).prefixKeys(with: ConfigKey("adit")))
@@ -130,7 +130,7 @@ struct LayeredArguments: Sendable {
         self.configPath = file?.path
     }
 
-    static func parseSwitch(_ text: String) -> Bool? {
+    package static func parseSwitch(_ text: String) -> Bool? {
         switch text.trimmingCharacters(in: .whitespaces).lowercased() {
         case "1", "true", "yes", "on": return true
         case "0", "false", "no", "off": return false
@@ -140,7 +140,7 @@ struct LayeredArguments: Sendable {
 
     /// The keys the command line sets, found the way ArgumentParser reads it: `--name value`, `--name=value`, `-L
     /// value`, flags without a value, a positional URL; nothing after `--`.
-    static func optionsOnCommandLine(_ arguments: [String], catalog: OptionCatalog) -> Set<String> {
+    package static func optionsOnCommandLine(_ arguments: [String], catalog: OptionCatalog) -> Set<String> {
         var keys: Set<String> = []
         var index = arguments.startIndex
         while index < arguments.endIndex {
@@ -176,7 +176,7 @@ struct LayeredArguments: Sendable {
     }
 
     /// `--config FILE` (or `--config=FILE`) from the command line, else ADIT_CONFIG.
-    static func configPath(in arguments: [String], environment: [String: String]) -> String? {
+    package static func configPath(in arguments: [String], environment: [String: String]) -> String? {
         for (index, token) in arguments.enumerated() {
             if token == "--" { break }
             if token == "--config", index + 1 < arguments.count { return arguments[index + 1] }
@@ -188,7 +188,7 @@ struct LayeredArguments: Sendable {
 }
 
 /// A value from the environment or the file that cannot be used; the message names the variable or the line.
-struct LayeringError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
+package struct LayeringError: Error, CustomStringConvertible {
+    package var description: String
+    package init(_ description: String) { self.description = description }
 }

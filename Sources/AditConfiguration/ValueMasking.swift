@@ -1,10 +1,10 @@
 import Foundation
 
 /// What `check-config` prints in place of secrets: a password in a URL, the value of a credential header.
-enum ValueMasking {
-    static let credentialHeaders: Set<String> = ["authorization", "proxy-authorization", "cookie", "x-api-key"]
+package enum ValueMasking {
+    package static let credentialHeaders: Set<String> = ["authorization", "proxy-authorization", "cookie", "x-api-key"]
 
-    static func masked(_ value: String, key: String) -> String {
+    package static func masked(_ value: String, key: String) -> String {
         switch key {
         case "header", "proxy-header":
             guard let colon = value.firstIndex(of: ":") else { return value }
@@ -17,7 +17,7 @@ enum ValueMasking {
     }
 
     /// `http://alice:s3cret@proxy:3128` → `http://alice:****@proxy:3128`; anything else unchanged.
-    static func maskedURLPassword(_ value: String) -> String {
+    package static func maskedURLPassword(_ value: String) -> String {
         guard let scheme = value.range(of: "://") else { return value }
         let rest = value[scheme.upperBound...]
         let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex

@@ -6,55 +6,66 @@ import Foundation
 /// Read from ArgumentParser's own description of the command (`_dumpHelp()`, the data behind
 /// `--experimental-dump-help`), so the flags stay the one place where an option, its type and its default are
 /// declared: a new flag is configurable from the file and the environment without a second list to keep in step.
-struct OptionCatalog: Sendable {
-    struct Option: Sendable, Equatable {
+package struct OptionCatalog: Sendable {
+    package struct Option: Sendable, Equatable {
         /// The configuration key: the long name (`keepalive-timeout`), or a word for a short-only flag (`forward` for -L).
-        var key: String
+        package var key: String
         /// Every spelling on the command line (`--tls-server-name`, `--sni`; `-L`).
-        var spellings: [String]
+        package var spellings: [String]
         /// The spelling we write when a value comes from the file or the environment.
-        var preferred: String
+        package var preferred: String
         /// A flag takes no value (true or false in the file, 1/0/true/false in the environment).
-        var isFlag: Bool
+        package var isFlag: Bool
         /// Repeatable: a list in the file, comma-separated in the environment.
-        var isRepeating: Bool
+        package var isRepeating: Bool
         /// The default ArgumentParser applies, as shown by `--help` (nil: none, or computed at run time).
-        var defaultValue: String?
-        var valueName: String?
+        package var defaultValue: String?
+        package var valueName: String?
+
+        package init(key: String, spellings: [String], preferred: String? = nil, isFlag: Bool = false,
+                     isRepeating: Bool = false, defaultValue: String? = nil, valueName: String? = nil) {
+            self.key = key
+            self.spellings = spellings
+            self.preferred = preferred ?? spellings[0]
+            self.isFlag = isFlag
+            self.isRepeating = isRepeating
+            self.defaultValue = defaultValue
+            self.valueName = valueName
+        }
 
         /// ADIT_KEEPALIVE_TIMEOUT for `keepalive-timeout`: what EnvironmentVariablesProvider looks up for `adit.<key>`.
-        var environmentVariable: String {
+        package var environmentVariable: String {
             "ADIT_" + key.uppercased().map { $0.isLetter || $0.isNumber ? String($0) : "_" }.joined()
         }
     }
 
     /// The command's name in the file's sections (`server:`, `client:`).
-    let command: String
-    let options: [Option]
+    package let command: String
+    package let options: [Option]
     /// The command has a positional server URL (the client): it sets the same key as `--server`.
-    let positionalKey: String?
+    package let positionalKey: String?
 
     /// Short-only flags get a word as their key: `ADIT_L` would say nothing to a reader.
-    static let shortNameKeys = ["L": "forward", "R": "reverse", "D": "socks"]
+    package static let shortNameKeys = ["L": "forward", "R": "reverse", "D": "socks"]
     /// Not configuration: they act and exit, or name the file itself.
-    static let excludedKeys: Set<String> = ["help", "version", "config", "experimental-dump-help"]
+    package static let excludedKeys: Set<String> = ["help", "version", "config", "experimental-dump-help"]
 
-    func option(forKey key: String) -> Option? { options.first { $0.key == key } }
+    package func option(forKey key: String) -> Option? { options.first { $0.key == key } }
 
-    func option(spelledAs spelling: String) -> Option? { options.first { $0.spellings.contains(spelling) } }
+    package func option(spelledAs spelling: String) -> Option? { options.first { $0.spellings.contains(spelling) } }
 
-    init(command: String, options: [Option], positionalKey: String?) {
+    package init(command: String, options: [Option], positionalKey: String?) {
         self.command = command
         self.options = options
         self.positionalKey = positionalKey
     }
 
     /// The catalog of `type`, from the JSON ArgumentParser describes it with.
-    init(of type: any ParsableCommand.Type, command: String) {
+    package init(of type: any ParsableCommand.Type, command: String) {
         self.init(command: command, dumpedHelp: Data(type._dumpHelp().utf8))
     }
 
-    init(command: String, dumpedHelp: Data) {
+    package init(command: String, dumpedHelp: Data) {
         let info = (try? JSONDecoder().decode(DumpedHelp.self, from: dumpedHelp))?.command.arguments ?? []
         var options: [Option] = []
         var positionalKey: String?
