@@ -9,9 +9,9 @@ import NIOCore
 ///
 /// Back-pressure alone does not bound memory: when a peer goes away, SwiftNIO reads everything it had sent up to its
 /// end whether or not we asked (and a deflated WebSocket inflates it), and a side whose peer has gone may wait
-/// forever for a target that never reads. So a side that keeps receiving while it cannot write (`maxBacklog`), or
-/// still has bytes to write `lingerAfterPartnerGone` after its partner went, aborts the bridge: RST to the target,
-/// so that a cut transfer never looks complete.
+/// forever for a target that never reads. So a side that keeps receiving while it cannot write (`maxBacklog`), or a
+/// target that takes nothing for `lingerAfterPartnerGone` after the WebSocket went, aborts the bridge: RST to the
+/// target, so that a cut transfer never looks complete.
 final class RawSpliceHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = Never
@@ -36,7 +36,7 @@ final class RawSpliceHandler: ChannelDuplexHandler {
 
     /// Most bytes a side takes while it cannot write (its peer does not read) before the bridge is aborted.
     static let maxBacklog = 16 << 20
-    /// How long a side may still write after its partner went before the bridge is aborted.
+    /// How long the TCP side may go without taking a byte, after the WebSocket went, before the bridge is aborted.
     static let lingerAfterPartnerGone = TimeAmount.seconds(10)
 
     private init(side: Side, logger: Logger) {
@@ -134,12 +134,22 @@ final class RawSpliceHandler: ChannelDuplexHandler {
             written.whenComplete { _ in
                 channel.close(promise: nil)
             }
-            // A target that never reads would hold the bridge (and what is queued for it) forever.
-            let linger = channel.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerAfterPartnerGone) { [self] in
-                guard channel.isActive else { return }
-                abort(because: "the target read nothing for \(Self.lingerAfterPartnerGone.nanoseconds / 1_000_000_000) s after the WebSocket ended")
+            // A target that stops reading would hold the bridge (and what is queued for it) forever; one that is
+            // slow but still taking bytes gets the time it needs.
+            watchProgress(of: channel, buffered: Int.max)
+        }
+    }
+
+    /// Every `lingerAfterPartnerGone`, the bytes still queued for `channel` must have gone down; else abort.
+    private func watchProgress(of channel: any Channel, buffered before: Int) {
+        channel.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerAfterPartnerGone) { [self] in
+            guard channel.isActive else { return }
+            let buffered = (try? channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 0
+            guard buffered < before else {
+                abort(because: "the target took nothing for \(Self.lingerAfterPartnerGone.nanoseconds / 1_000_000_000) s after the WebSocket ended (\(buffered) bytes still queued for it)")
+                return
             }
-            channel.closeFuture.whenComplete { _ in linger.cancel() }
+            watchProgress(of: channel, buffered: buffered)
         }
     }
 
