@@ -103,6 +103,25 @@ def prlimited(argv: list[str], nofile: int) -> list[str]:
     return ["prlimit", f"--nofile={nofile}:{nofile}", "--", *argv]
 
 
+def flooded_cpu(proc: H.AditProcess, port: int, out_of_descriptors) -> float:
+    """Opens up to 120 connections to `port` and holds them, waits for `out_of_descriptors()` (the process hit
+    EMFILE), then measures the process's CPU over 3 s; closes the flood. Returns the share of one core."""
+    flood = []
+    try:
+        for _ in range(120):   # more connections than the process has descriptors
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=H.scaled(2)))
+            except OSError:
+                break
+        out_of_descriptors()
+        t0, c0 = time.monotonic(), cpu_seconds(proc.pid)
+        time.sleep(3.0)   # the window the CPU time is measured over (not a wait for an event)
+        return (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
+    finally:
+        for s in flood:
+            s.close()
+
+
 @pytest.mark.deadline(90)
 def test_out_of_descriptors_the_listener_backs_off_and_recovers(adit, targets, tmp_path):
     """EMFILE: the listener once spun at 100 % of a core on failing accept4 and served nobody even after the
@@ -115,23 +134,10 @@ def test_out_of_descriptors_the_listener_backs_off_and_recovers(adit, targets, t
                            tmp_path / "adit-server-limited.log").start()
     adit.procs.append(server)
     H.wait_for_port(port, timeout=10, proc=server, connect=False)
-    flood = []
-    try:
-        for _ in range(120):   # more connections than the server has descriptors
-            try:
-                flood.append(socket.create_connection(("127.0.0.1", port), timeout=H.scaled(2)))
-            except OSError:
-                break
-        server.wait_for_log("out of file descriptors", timeout=10)   # it hit EMFILE and paused accepting
-        t0, c0 = time.monotonic(), cpu_seconds(server.pid)
-        time.sleep(3.0)   # the window the CPU time is measured over (not a wait for an event)
-        busy = (cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
-        print(f"server CPU while out of descriptors: {busy * 100:.0f} % of a core")
-        assert busy < 0.25, f"the listener spins at {busy * 100:.0f} % of a core while out of descriptors"
-        assert server.alive()
-    finally:
-        for s in flood:
-            s.close()
+    busy = flooded_cpu(server, port, lambda: server.wait_for_log("out of file descriptors", timeout=10))
+    print(f"server CPU while out of descriptors: {busy * 100:.0f} % of a core")
+    assert busy < 0.25, f"the listener spins at {busy * 100:.0f} % of a core while out of descriptors"
+    assert server.alive()
     # the flood left: a tunnel works again
     local = H.free_port()
     client = adit.client(f"ws://127.0.0.1:{port}", [(local, "127.0.0.1", echo.port)])
@@ -380,25 +386,11 @@ def test_out_of_descriptors_the_admin_listener_does_not_spin_either(adit, target
                            tmp_path / "adit-server-limited.log").start()
     adit.procs.append(server)
     H.wait_for_port(admin, timeout=10, proc=server, connect=False)
-    flood = []
-    try:
-        for _ in range(120):
-            try:
-                flood.append(socket.create_connection(("127.0.0.1", admin), timeout=H.scaled(2)))
-            except OSError:
-                break
-        H.wait_until(lambda: len(os.listdir(f"/proc/{server.pid}/fd")) >= 60, timeout=10,
-                     what="the server to run out of descriptors")
-        t0, c0 = time.monotonic(), cpu_seconds(server.pid)
-        time.sleep(3.0)   # the window the CPU time is measured over
-        busy = (cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
-        print(f"server CPU while its admin listener is out of descriptors: {busy * 100:.0f} % of a core")
-        assert busy < 0.25, f"the admin listener spins at {busy * 100:.0f} % of a core while out of descriptors"
-        assert server.alive()
-    finally:
-        for s in flood:
-            s.close()
-    import urllib.request
+    busy = flooded_cpu(server, admin, lambda: H.wait_until(lambda: len(os.listdir(f"/proc/{server.pid}/fd")) >= 60,
+                                                           timeout=10, what="the server to run out of descriptors"))
+    print(f"server CPU while its admin listener is out of descriptors: {busy * 100:.0f} % of a core")
+    assert busy < 0.25, f"the admin listener spins at {busy * 100:.0f} % of a core while out of descriptors"
+    assert server.alive()
     H.wait_until(lambda: _healthz(admin), timeout=20, what="/healthz to answer after the flood left")
     local = H.free_port()
     client = adit.client(f"ws://127.0.0.1:{port}", [(local, "127.0.0.1", echo.port)])
@@ -476,21 +468,8 @@ def test_out_of_descriptors_a_client_front_does_not_spin(adit, targets, tmp_path
                            tmp_path / "adit-client-limited.log").start()
     adit.procs.append(client)
     H.wait_tunnel_ready(local, timeout=15, proc=client)
-    flood = []
-    try:
-        for _ in range(120):
-            try:
-                flood.append(socket.create_connection(("127.0.0.1", local), timeout=H.scaled(2)))
-            except OSError:
-                break
-        client.wait_for_log("out of file descriptors", timeout=10)
-        t0, c0 = time.monotonic(), cpu_seconds(client.pid)
-        time.sleep(3.0)   # the window the CPU time is measured over
-        busy = (cpu_seconds(client.pid) - c0) / (time.monotonic() - t0)
-        print(f"client CPU while its -L listener is out of descriptors: {busy * 100:.0f} % of a core")
-        assert busy < 0.25, f"the -L listener spins at {busy * 100:.0f} % of a core while out of descriptors"
-        assert client.alive()
-    finally:
-        for s in flood:
-            s.close()
+    busy = flooded_cpu(client, local, lambda: client.wait_for_log("out of file descriptors", timeout=10))
+    print(f"client CPU while its -L listener is out of descriptors: {busy * 100:.0f} % of a core")
+    assert busy < 0.25, f"the -L listener spins at {busy * 100:.0f} % of a core while out of descriptors"
+    assert client.alive()
     H.wait_until(lambda: H.make_probe(local), timeout=20, what="the forward to serve again after the flood left")
