@@ -10,8 +10,8 @@ RELEASE_FLAGS ?= -c release --static-swift-stdlib
 ADIT_BIN ?= $(CURDIR)/.build/release/adit
 DYNAMIC_BIN ?= $(CURDIR)/.build/debug/adit
 # What `make test` gives fuzzing (seconds per target) and the soak (seconds); `make fuzz`/`make soak` run longer.
-FUZZ_SECONDS ?= 10
-SOAK_SECONDS ?= 100
+FUZZ_SECONDS ?= 5
+SOAK_SECONDS ?= 60
 
 .PHONY: all build demo test unit e2e deps clean fuzz fuzz-build fuzz-ci sanitize soak
 
@@ -55,7 +55,7 @@ fuzz: fuzz-build
 fuzz-build:
 	ADIT_FUZZ=1 $(SWIFT) build -c release --scratch-path .build-fuzz --product adit-fuzz
 
-## make fuzz-ci: each target for FUZZ_SECONDS (10), built in debug beside the unit tests' build so that only
+## make fuzz-ci: each target for FUZZ_SECONDS (5), built in debug beside the unit tests' build so that only
 ## Adit's own modules are compiled again (with the coverage instrumentation).
 fuzz-ci:
 	ADIT_FUZZ=1 $(SWIFT) build --product adit-fuzz
