@@ -210,7 +210,8 @@ func runService(_ service: some Service & Sendable, extra: [any Service] = [], l
         // services down in reverse order: the main one (last) drains first while the admin listener still
         // answers /readyz with 503 and serves /status.
         services: extra.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) }
-            + [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+            + [.init(service: AfterListeners(listeners: extra.compactMap { $0 as? any BindingService }, main: service),
+                     successTerminationBehavior: .gracefullyShutdownGroup)],
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: Logger(label: "adit.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })))
     let impatience = SecondSignalExit(logger: logger)
@@ -226,6 +227,19 @@ func runService(_ service: some Service & Sendable, extra: [any Service] = [], l
     } catch {
         logger.error("\(error)")
         throw ExitCode(1)
+    }
+}
+
+/// Runs the program's main service once its side listeners serve, so that its "listening on …" line (which
+/// scripts and tests wait for) means the admin and metrics listeners answer too.
+struct AfterListeners<Main: Service>: Service {
+    let listeners: [any BindingService]
+    let main: Main
+
+    func run() async throws {
+        for listener in listeners { await listener.serving() }
+        if Task.isShuttingDownGracefully || Task.isCancelled { return }
+        try await main.run()
     }
 }
 

@@ -352,7 +352,10 @@ def test_deflated_messages_to_a_target_that_does_not_read_do_not_pin_memory(adit
     # The browsers vanish (a killed tab: RST, with what they sent still unread at the server). SwiftNIO then reads
     # all of it at once; the bridges must not inflate it into memory for a target that reads nothing, and each
     # ends at once, its target aborted (a cut upload must not look complete).
+    # A bridge may already have ended during the flood, aborted by the "not reading and 17 MiB more arrived" rule
+    # (how many depends on the machine's speed): every bridge must be closed in the end, those open now at once.
     mark = server.log_mark()
+    open_at_mark = 8 - len(server.log_lines_matching("raw bridge closed"))
     for ws in sockets:
         try:
             ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -362,13 +365,15 @@ def test_deflated_messages_to_a_target_that_does_not_read_do_not_pin_memory(adit
             pass
     peak_after = [server.rss_kib() or 0]
     deadline = time.monotonic() + H.scaled(10)
-    while len(server.log_lines_matching("raw bridge closed", since=mark)) < 8 and time.monotonic() < deadline:
+    while len(server.log_lines_matching("raw bridge closed")) < 8 and time.monotonic() < deadline:
         peak_after[0] = max(peak_after[0], server.rss_kib() or 0)
         time.sleep(0.05)
     closed = server.log_lines_matching("raw bridge closed", since=mark)
-    print(f"after the browsers vanished: peak RSS {peak_after[0] // 1024} MiB; {len(closed)} bridges closed; "
-          f"{len(server.log_lines_matching('raw bridge aborted', since=mark))} aborted")
-    assert len(closed) == 8, f"{len(closed)} of 8 bridges closed within 10 s of their WebSockets going"
+    print(f"after the browsers vanished: peak RSS {peak_after[0] // 1024} MiB; {len(closed)} of the {open_at_mark} "
+          f"bridges still open closed; {len(server.log_lines_matching('raw bridge aborted', since=mark))} aborted")
+    assert open_at_mark > 0, "every bridge had ended before the browsers left: the teardown was not tested"
+    assert len(closed) == open_at_mark, \
+        f"{len(closed)} of {open_at_mark} open bridges closed within 10 s of their WebSockets going"
     assert (peak_after[0] - before) / 1024 < 8 * 20 + 16, "the vanished browsers' data was inflated into memory"
     hold.set()
     assert server.alive()

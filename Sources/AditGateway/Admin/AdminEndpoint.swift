@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Prometheus
@@ -18,11 +19,31 @@ public final class AdminEndpoint: BindingService, @unchecked Sendable {
     private let registry: PrometheusCollectorRegistry?
     private weak var source: (any AdminStatusSource)?
     private let logger: Logger
+    /// Hummingbird binds inside `run()`; this opens once it serves (or once `run()` has ended) for `serving()`.
+    private let servingGate = NIOLockedValueBox<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
 
     public init(address: HostPort, registry: PrometheusCollectorRegistry?, logger: Logger) {
         self.address = address
         self.registry = registry
         self.logger = logger
+    }
+
+    public func serving() async {
+        await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+            let open = servingGate.withLockedValue { gate in
+                if !gate.open { gate.waiters.append(waiter) }
+                return gate.open
+            }
+            if open { waiter.resume() }
+        }
+    }
+
+    private func openServingGate() {
+        let waiters = servingGate.withLockedValue { gate in
+            defer { gate = (true, []) }
+            return gate.waiters
+        }
+        waiters.forEach { $0.resume() }
     }
 
     /// The program to report on; set before `run()`.
@@ -44,6 +65,7 @@ public final class AdminEndpoint: BindingService, @unchecked Sendable {
     }
 
     public func run() async throws {
+        defer { openServingGate() }
         let router = Router()
         router.get("/healthz") { _, _ in Self.text("ok\n") }
         router.get("/readyz") { [weak self] _, _ in
@@ -88,6 +110,7 @@ public final class AdminEndpoint: BindingService, @unchecked Sendable {
                         AcceptPauseHandler(logger: Logger(label: "adit.listener")), position: .first)
                 }.get()
                 logger.notice("admin listener on http://\(shown)/ (/healthz, /readyz, /metrics, /status)")
+                self.openServingGate()
             },
             logger: quiet)
         try await app.run()
