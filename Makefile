@@ -77,10 +77,20 @@ sanitize:
 	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan
 
 
-.PHONY: bench bench-quick bench-baselines
+.PHONY: bench bench-quick bench-baselines bench-wan bench-instructions
 
 bench: build
 	bench/run.sh
+
+# One stream through a user-space long fat path (1 Gbit/s x 50 ms, 100 Mbit/s x 200 ms) beside plain TCP
+# through the same path, then 1,000 bulk streams' memory (bench/wan.py, about 3 min).
+bench-wan: build
+	python3 bench/wan.py
+
+# Instructions per relayed 64-byte message per hop, counted by valgrind's callgrind (bench/callgrind.py).
+bench-instructions: build
+	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq valgrind >/dev/null; }
+	python3 bench/callgrind.py
 
 bench-quick: build
 	BENCH_QUICK=1 bench/run.sh

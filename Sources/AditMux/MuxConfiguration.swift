@@ -2,8 +2,15 @@ import NIOCore
 
 /// Tuning of one tunnel session. Defaults suit a fast loopback or LAN path; see docs/protocol.md §7-8.
 public struct MuxConfiguration: Sendable {
-    /// Credit each stream starts with towards us. One stream's throughput is at most window ÷ round-trip time.
-    public var initialWindow: UInt32 = 4 << 20
+    /// Credit each stream starts with towards us (announced in HELLO). Receive windows grow from it as the
+    /// stream's share of the path's bandwidth × round trip requires (`ReceiveWindow`), up to `maxWindow`.
+    public var initialWindow: UInt32 = 256 << 10
+    /// The most credit one stream gets (`--window`). One stream's throughput is at most this ÷ round-trip time;
+    /// a stream whose application stops reading holds at most this much. Equal to `initialWindow`: fixed windows.
+    public var maxWindow: Int = 16 << 20
+    /// Receive windows of all streams together, past which none grows: so a thousand busy streams cannot each
+    /// take `maxWindow` of memory.
+    public var windowBudget: Int = 64 << 20
     /// Largest WebSocket message we accept.
     public var maxReceiveMessageSize: UInt32 = 1 << 20
     /// Size we aim for when packing frames into a message.

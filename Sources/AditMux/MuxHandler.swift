@@ -49,8 +49,12 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Since when the session carries no stream and no listener (for `idleTimeout`).
     private var idleSince: NIODeadline?
     private var idleCheck: Scheduled<Void>?
+    /// PING round trips: the latest for logs and metrics, the minimum for the receive windows.
+    public private(set) var roundTrip = RoundTripEstimate()
     /// Round-trip time of the last PING, for logs and metrics.
-    public private(set) var lastRoundTrip: TimeAmount?
+    public var lastRoundTrip: TimeAmount? { roundTrip.latest }
+    /// The receive windows of every stream together: they grow only while this stays within `windowBudget`.
+    public private(set) var receiveWindowTotal = 0
 
     /// A listener set up by LISTEN: `local` when we asked the peer to listen, remote when the peer asked us.
     private struct Listener {
@@ -131,6 +135,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             request: request, endpoint: endpoint)
         stream.openPromise = promise
         streams[id] = stream
+        receiveWindowTotal += stream.state.receiveWindow.size
         idleSince = nil
         statistics.streamsOpened += 1
         logger.debug("opening stream", metadata: ["stream": "\(id)", "target": "\(request)"])
@@ -430,8 +435,11 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let now = NIODeadline.now().uptimeNanoseconds
             if opaque <= now {
                 let rtt = TimeAmount.nanoseconds(Int64(now - opaque))
-                lastRoundTrip = rtt
+                roundTrip.add(rtt)
                 logger.debug("tunnel round trip", metadata: ["rtt_ms": "\(Double(rtt.nanoseconds) / 1e6)"])
+                // The first samples, taken back to back while the session is new and quiet, find the path's
+                // minimum round trip that the receive windows scale to.
+                if roundTrip.samples < Self.roundTripProbes { ping() }
             }
         case .goAway(let last, let code, let reason):
             receivedGoAway(lastStreamID: last, code: code, reason: reason)
@@ -482,6 +490,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         scheduleFlush()
         if outcome == .ready {
+            ping()
             delegate?.muxSessionDidBecomeReady(self)
             noteIdleness()
         }
@@ -539,6 +548,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                               localInitialWindow: configuration.initialWindow, kind: request.kind),
             request: request, endpoint: nil)
         streams[id] = stream
+        receiveWindowTotal += stream.state.receiveWindow.size
         idleSince = nil
         if !session.acceptsStreams {
             resetStream(stream, code: .resourceLimit, reason: "the \(role == .server ? "server" : "client") is shutting down")
@@ -742,7 +752,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         bufferedBytes -= count
         switch result {
         case .success:
-            if let increment = stream.state.consumed(count) {
+            if let increment = consumed(stream, count) {
                 enqueueControl(.windowUpdate(stream.id, increment: increment))
                 scheduleFlush()
             }
@@ -752,7 +762,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 // A datagram that could not be sent (ICMP unreachable, no buffer) is lost, as UDP allows; the
                 // flow goes on and its credit comes back.
                 statistics.datagramsDropped += 1
-                if let increment = stream.state.consumed(count) {
+                if let increment = consumed(stream, count) {
                     enqueueControl(.windowUpdate(stream.id, increment: increment))
                     scheduleFlush()
                 }
@@ -762,6 +772,20 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             resetStream(stream, code: .closed, reason: "")
             scheduleFlush()
         }
+    }
+
+    /// Credit for bytes the endpoint took, from a window that adapts to the path once its round trip is known
+    /// (`ReceiveWindow`), within `maxWindow` per stream and `windowBudget` for the session.
+    private func consumed(_ stream: MuxStream, _ count: Int) -> UInt32? {
+        var tuning: ReceiveWindow.Tuning?
+        if let minimum = roundTrip.minimum, configuration.maxWindow > Int(configuration.initialWindow) {
+            tuning = .init(minimumRoundTrip: minimum, maximum: configuration.maxWindow,
+                           allowance: max(0, configuration.windowBudget - receiveWindowTotal))
+        }
+        let before = stream.state.receiveWindow.size
+        let increment = stream.state.consumed(count, at: context?.eventLoop.now ?? .now(), tuning: tuning)
+        receiveWindowTotal += stream.state.receiveWindow.size - before
+        return increment
     }
 
     private func flushEndpoint(_ stream: MuxStream) {
@@ -825,6 +849,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if stream.established { delegate?.muxSession(self, streamDidEnd: stream.record(end)) }
         // What it held unread is no longer the session's (the writes still in flight complete on a gone stream).
         bufferedBytes -= stream.state.receiveWindow.unconsumed
+        receiveWindowTotal -= stream.state.receiveWindow.size
         noteIdleness()
         scheduler.remove(stream.id)
         stream.outbound.removeAll()
@@ -986,6 +1011,9 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     // MARK: Session end
+
+    /// PINGs sent back to back when the session starts, for its minimum round trip.
+    static let roundTripProbes = 3
 
     private func keepaliveTick() {
         guard !session.isClosed, let context else { return }

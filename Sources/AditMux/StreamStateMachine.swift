@@ -1,3 +1,5 @@
+import NIOCore
+
 /// The life of one stream (docs/protocol.md §4): pure, no I/O. Each event returns what the handler must do.
 ///
 /// The opening phase and each direction's half-close are explicit states, as swift-nio-ssh models a child
@@ -188,8 +190,9 @@ public struct StreamStateMachine: Sendable, Equatable {
     }
 
     /// The application consumed `bytes` we delivered; returns a WINDOW_UPDATE increment when one is due.
-    public mutating func consumed(_ bytes: Int) -> UInt32? {
-        let increment = receiveWindow.consume(bytes)
+    public mutating func consumed(_ bytes: Int, at now: NIODeadline = .now(),
+                                  tuning: ReceiveWindow.Tuning? = nil) -> UInt32? {
+        let increment = receiveWindow.consume(bytes, at: now, tuning: tuning)
         // Credit is pointless once the peer will send nothing more.
         return (inbound != .open || phase == .closed) ? nil : increment
     }

@@ -59,9 +59,9 @@ enum LoggingBootstrapOnce {
 
 struct TunnelOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "Flow-control window per stream and direction (bytes, or with K/M suffix). One stream moves at most window ÷ round-trip time; memory per stalled stream is bounded by it. Example: --window 8M.",
+        "Largest flow-control window per stream and direction (bytes, or with K/M suffix). Windows start at 256K and grow with the path's bandwidth × round trip up to this; one stream moves at most window ÷ round-trip time, and a stalled stream holds at most this much. Example: --window 64M for a long fat path.",
         valueName: "size"))
-    var window: String = "4M"
+    var window: String = "16M"
 
     @Option(name: .long, help: ArgumentHelp(
         "Send a keepalive PING every this many seconds (it keeps NAT and proxy state alive and measures the round trip). Example: --keepalive 10",
@@ -106,7 +106,8 @@ struct TunnelOptions: ParsableArguments {
 
     var muxConfiguration: MuxConfiguration {
         var config = MuxConfiguration()
-        config.initialWindow = UInt32(parseSize(window) ?? Int(config.initialWindow))
+        config.maxWindow = parseSize(window) ?? config.maxWindow
+        config.initialWindow = UInt32(min(Int(config.initialWindow), config.maxWindow))
         config.keepaliveInterval = .seconds(Int64(keepalive))
         config.keepaliveTimeout = .seconds(Int64(keepaliveTimeout))
         config.maxConcurrentStreams = maxStreams ?? defaultMaxStreams()

@@ -11,9 +11,11 @@ import hashlib
 import os
 import queue
 import random
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -1167,9 +1169,10 @@ class RawSession:
     def send(self, *frames: bytes) -> None:
         self.ws.send(b"".join(frames))
 
-    def next_frame(self, timeout: float = 10.0, skip=(MUX_WINDOW_UPDATE,)) -> tuple[int, int, int, bytes]:
-        """The next frame from the server (WINDOW_UPDATEs skipped unless `skip` says otherwise);
-        websockets' ConnectionClosed if the session ends first. `timeout` is scaled."""
+    def next_frame(self, timeout: float = 10.0, skip=(MUX_WINDOW_UPDATE, MUX_PING)) -> tuple[int, int, int, bytes]:
+        """The next frame from the server (WINDOW_UPDATEs and the server's own PINGs, which measure the round
+        trip when the session starts, skipped unless `skip` says otherwise); websockets' ConnectionClosed if the
+        session ends first. `timeout` is scaled."""
         deadline = time.monotonic() + timeout * timeout_scale()
         while True:
             while self.pending:
@@ -1313,3 +1316,44 @@ def assert_stops(proc: "AditProcess", timeout: float = 10.0) -> None:
     scaled."""
     wait_until(lambda: proc.poll() is not None, timeout, what=f"{proc.name} to stop after the refusal")
     assert proc.poll() == 1, f"{proc.name} exited with {proc.poll()}, not 1"
+
+
+DELAYLINE_SOURCE = Path(__file__).resolve().parent.parent / "tools" / "delayline.c"
+
+
+def delayline_binary() -> Path:
+    """Tests/tools/delayline.c, compiled once per source version (with cc, or the toolchain's clang)."""
+    digest = hashlib.sha256(DELAYLINE_SOURCE.read_bytes()).hexdigest()[:12]
+    out = Path(tempfile.gettempdir()) / f"adit-delayline-{digest}"
+    if not out.exists():
+        compiler = shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
+        assert compiler, "no C compiler (cc, clang or gcc) to build Tests/tools/delayline.c"
+        tmp = out.with_suffix(f".{os.getpid()}")
+        subprocess.run([compiler, "-O2", "-pthread", "-o", str(tmp), str(DELAYLINE_SOURCE)], check=True)
+        tmp.replace(out)
+    return out
+
+
+class DelayLine:
+    """A long fat path in user space (Tests/tools/delayline.c): 127.0.0.1:port -> 127.0.0.1:upstream_port, each
+    direction a bottleneck of `rate_mbit` and `rtt_ms / 2` of delay, holding at most `hold` bytes (default 1.5 x
+    the bandwidth-delay product) before the sender meets back-pressure."""
+
+    def __init__(self, upstream_port: int, rtt_ms: float, rate_mbit: float, hold: int | None = None):
+        argv = [str(delayline_binary()), "0", str(upstream_port), str(rtt_ms), str(rate_mbit)]
+        if hold is not None:
+            argv.append(str(hold))
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().split()
+        assert line and line[0] == "ready", f"the delay line did not start: {line}"
+        self.port = int(line[1])
+        self.hold = int(line[3])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

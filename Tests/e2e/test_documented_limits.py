@@ -223,7 +223,8 @@ def socket_queues(port: int) -> int:
 def test_window_bounds_what_a_stalled_stream_holds(adit, targets):
     """A target that never reads: the client may send the server at most --window beyond what the server has
     written into the target's socket. Held in the server = bytes the client sent (its metrics) - the kernel
-    queues between the server and the target (ss). The default window (4 MiB) holds about 3 MiB here."""
+    queues between the server and the target (ss). `--window 256K` fixes the window (it is also where every
+    window starts, and a stalled stream's never grows: it consumes nothing)."""
     window = 256 * KiB
     stall = threading.Event()
     sink = targets.custom("stalled", lambda conn, srv: stall.wait(60), rcvbuf=64 * KiB)

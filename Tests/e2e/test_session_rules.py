@@ -37,7 +37,7 @@ def test_the_servers_hello_and_ping_pong_and_unknown_frames(gateway):
     s = RawSession(server.url)
     version, window, max_message, features = server_hello(s)
     assert version == 1
-    assert window == 4 * H.MiB, f"initial window {window}, the documented default is 4 MiB"
+    assert window == 256 * H.KiB, f"initial window {window}, the documented default is 256 KiB (docs/protocol.md §7)"
     assert max_message >= 64 * H.KiB, max_message
     assert features & (FEATURE_REVERSE | FEATURE_DATAGRAMS) == FEATURE_REVERSE | FEATURE_DATAGRAMS, \
         f"adit's server announces REVERSE and DATAGRAMS (features {features:#x})"

@@ -13,6 +13,10 @@ public struct AdminStatus: Codable, Sendable, Equatable {
         public var uptimeSeconds: Double
         /// From the last keepalive PING; nil before the first answer.
         public var roundTripMilliseconds: Double?
+        /// The smallest PING round trip, which receive windows are sized from; nil before the first answer.
+        public var minimumRoundTripMilliseconds: Double?
+        /// Receive windows of the session's streams together (they grow with bandwidth × round trip).
+        public var receiveWindowBytes: Int
         public var streams: Int
         public var listeners: Int
         public var bytesSent: Int
@@ -53,6 +57,8 @@ public struct AdminStatus: Codable, Sendable, Equatable {
         return Session(identity: identity, peer: peer,
                        uptimeSeconds: Double((NIODeadline.now() - openedAt).nanoseconds) / 1e9,
                        roundTripMilliseconds: mux.lastRoundTrip.map { Double($0.nanoseconds) / 1e6 },
+                       minimumRoundTripMilliseconds: mux.roundTrip.minimum.map { Double($0.nanoseconds) / 1e6 },
+                       receiveWindowBytes: mux.receiveWindowTotal,
                        streams: mux.streamCount, listeners: mux.listenerCount,
                        bytesSent: statistics.bytesSent, bytesReceived: statistics.bytesReceived,
                        compressionRatio: ratio, state: state)

@@ -19,6 +19,7 @@ enum MetricsHelp {
         "adit_limit_hits_total": "Limits reached, by limit.",
         "adit_tunnel_reconnects_total": "Times the client dialled the tunnel again after losing it or failing to dial.",
         "adit_tunnel_rtt_seconds": "Round-trip time of the last keepalive PING of the tunnel (client), or of the most recent one answered (server).",
+        "adit_receive_window_bytes": "Flow-control receive windows of all open streams together: what peers may send before our applications read it (windows grow with bandwidth x round trip, up to --window).",
     ]
 
     static func annotate(_ exposition: [UInt8]) -> [UInt8] {

@@ -28,7 +28,7 @@ enum StatusPage {
 <div class="meta"><span id="state"></span> · version <span id="version"></span> · up <span id="uptime"></span> · <span id="updated"></span> <span id="error"></span></div>
 <ul id="details"></ul>
 <table>
-  <thead><tr><th>identity</th><th>peer</th><th>state</th><th>uptime</th><th>round trip</th><th>streams</th><th>sent</th><th>received</th><th>compression</th></tr></thead>
+  <thead><tr><th>identity</th><th>peer</th><th>state</th><th>uptime</th><th>round trip</th><th>streams</th><th>windows</th><th>sent</th><th>received</th><th>compression</th></tr></thead>
   <tbody id="sessions"></tbody>
 </table>
 <div id="none" class="empty" hidden>No tunnel sessions.</div>
@@ -65,6 +65,7 @@ async function refresh() {
       cell(row, x.identity); cell(row, x.peer); cell(row, x.state); cell(row, duration(x.uptimeSeconds), "num");
       cell(row, x.roundTripMilliseconds == null ? "—" : x.roundTripMilliseconds.toFixed(2) + " ms", "num");
       cell(row, x.streams + (x.listeners ? " (+" + x.listeners + " listening)" : ""), "num");
+      cell(row, bytes(x.receiveWindowBytes), "num");
       cell(row, bytes(x.bytesSent), "num"); cell(row, bytes(x.bytesReceived), "num");
       cell(row, x.compressionRatio == null ? "—" : x.compressionRatio.toFixed(2) + "×", "num");
     }

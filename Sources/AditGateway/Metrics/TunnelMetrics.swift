@@ -28,6 +28,8 @@ public final class TunnelMetrics: Sendable {
     let reconnects = Counter(label: "adit_tunnel_reconnects_total")
     /// The round trip of the last keepalive PING answered (on the server: of any session).
     let roundTrip = Gauge(label: "adit_tunnel_rtt_seconds")
+    /// Receive windows of all open streams together: what the peers may send before our applications read it.
+    let receiveWindows = Meter(label: "adit_receive_window_bytes")
     /// Labelled families whose label values appear at run time (reasons, limits, users, outcomes): one metric
     /// per value, made the first time it is seen.
     private let labelled = NIOLockedValueBox<[String: Counter]>([:])
@@ -102,6 +104,7 @@ final class SessionMetricsExporter {
     private var exported = MuxStatistics()
     private var exportedCompression = CompressionStatistics()
     private var exportedStreams = 0
+    private var exportedWindows = 0
     private var exportedRoundTrip: TimeAmount?
     private var task: RepeatedTask?
 
@@ -142,6 +145,11 @@ final class SessionMetricsExporter {
             metrics.roundTrip.record(Double(rtt.nanoseconds) / 1e9)
             exportedRoundTrip = rtt
         }
+        let windows = session.receiveWindowTotal
+        if windows != exportedWindows {
+            metrics.receiveWindows.increment(by: Double(windows - exportedWindows))
+            exportedWindows = windows
+        }
         let streams = session.streamCount
         if streams != exportedStreams {
             metrics.streamsOpen.increment(by: Double(streams - exportedStreams))
@@ -156,6 +164,8 @@ final class SessionMetricsExporter {
         task = nil
         metrics.streamsOpen.decrement(by: Double(exportedStreams))
         exportedStreams = 0
+        metrics.receiveWindows.decrement(by: Double(exportedWindows))
+        exportedWindows = 0
         metrics.tunnelsOpen.decrement()
     }
 }

@@ -1,0 +1,102 @@
+"""Receive windows sized from measurement (issue 10, docs/protocol.md §7): through a long path (the user-space
+delay line, Tests/tools/delayline.c) a window-limited stream grows its window past the initial 256 KiB, within
+`--window`, and every byte arrives; a stream whose target reads slowly keeps the initial window."""
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+
+import e2e_helpers as H
+
+KiB, MiB = H.KiB, H.MiB
+INITIAL = 256 * KiB
+
+
+def window_sampler(admin_port: int, samples: list, stop: threading.Event) -> threading.Thread:
+    """Polls the server's /status.json every 50 ms: (time, its sessions' receive windows together)."""
+    def run():
+        while not stop.wait(0.05):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/status.json", timeout=2) as r:
+                    status = json.load(r)
+                samples.append((time.monotonic(), sum(s["receiveWindowBytes"] for s in status["sessions"])))
+            except OSError:
+                pass
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th
+
+
+@pytest.mark.deadline(120)
+def test_a_window_limited_upload_grows_its_window_through_a_long_path(adit, targets, blob):
+    """40 ms and 200 Mbit/s: the path holds 1 MB, four times the initial window, so the upload is held back
+    by its window until the server's receive window grows. It must grow (past 256 KiB, at most --window 8M)
+    and the 48 MiB must arrive intact."""
+    sink = targets.hash_sink()
+    admin = H.free_port()
+    server = adit.server([f"127.0.0.1:{sink.port}"], extra=["--window", "8M", "--admin", f"127.0.0.1:{admin}"])
+    line = H.DelayLine(server.port, rtt_ms=40, rate_mbit=200)
+    try:
+        local = H.free_port()
+        client = adit.client(f"ws://127.0.0.1:{line.port}", [(local, "127.0.0.1", sink.port)])
+        client.wait_for_log("is up", timeout=H.scaled(15))
+        samples: list[int] = []
+        stop = threading.Event()
+        sampler = window_sampler(admin, samples, stop)
+        total = 48 * MiB
+        with H.connect_local(local) as s:
+            s.settimeout(H.scaled(60))
+            sent = H.send_blob(s, blob, total, seed=7)
+            reply = H.read_sink_reply(s)
+        stop.set()
+        sampler.join()
+        assert sent == (total, blob.digest(total, seed=7)[1])
+        assert reply == sent, "the target's count/hash differ from what the app sent"
+        largest = max((w for _, w in samples), default=0)
+        print(f"server receive windows: largest {largest / KiB:.0f} KiB over {len(samples)} samples")
+        assert len(samples) >= 5, "the status page was not sampled during the transfer"
+        assert largest > INITIAL, f"the window never grew past the initial {INITIAL // KiB} KiB on a 1 MB path"
+        assert largest <= 8 * MiB + 2 * INITIAL, f"a window of {largest} B: --window 8M is the cap"
+    finally:
+        line.stop()
+
+
+@pytest.mark.deadline(90)
+def test_a_slow_reader_keeps_the_initial_window_on_a_long_path(adit, targets, blob):
+    """The same path, but the target reads 1 MiB/s, a fraction of what the initial window carries per round
+    trip. While the kernel's buffers towards the target fill, the stream looks fast and its window may grow
+    for a few round trips; once they are full the kernel takes more only in bursts after long stalls. The
+    first stall puts the window back at the initial 256 KiB, and after that it stays within twice that: a
+    burst that takes a backlog at once is not a fast path (memory stays bounded for slow streams too)."""
+    # A small receive buffer at the target, so that the kernel between the server and the target cannot
+    # take megabytes at full speed and pass for a fast application.
+    sink = targets.hash_sink(pace=lambda elapsed: 1 * MiB, rcvbuf=64 * KiB)
+    admin = H.free_port()
+    server = adit.server([f"127.0.0.1:{sink.port}"], extra=["--admin", f"127.0.0.1:{admin}"])
+    line = H.DelayLine(server.port, rtt_ms=40, rate_mbit=200)
+    try:
+        local = H.free_port()
+        client = adit.client(f"ws://127.0.0.1:{line.port}", [(local, "127.0.0.1", sink.port)])
+        client.wait_for_log("is up", timeout=H.scaled(15))
+        samples: list = []
+        stop = threading.Event()
+        sampler = window_sampler(admin, samples, stop)
+        total = 6 * MiB
+        t0 = time.monotonic()
+        with H.connect_local(local) as s:
+            s.settimeout(H.scaled(60))
+            sent = H.send_blob(s, blob, total, seed=8)
+            reply = H.read_sink_reply(s)
+        stop.set()
+        sampler.join()
+        assert reply == sent
+        settled = [w for t, w in samples if t - t0 >= 2.0 and w > 0]
+        print(f"server receive windows: largest {max(w for _, w in samples) / KiB:.0f} KiB; after 2 s "
+              f"{sorted(set(settled))} over {len(settled)} samples")
+        assert len(settled) >= 20, "too few samples after the first two seconds"
+        assert max(settled) <= 2 * INITIAL, f"a slow reader's window grew again: {sorted(set(settled))}"
+        assert INITIAL in settled, f"a slow reader's window never went back to the initial: {sorted(set(settled))}"
+    finally:
+        line.stop()

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Instructions per relayed small message, counted by valgrind's callgrind (`make bench-instructions`;
+docs/benchmarks.md, "Instructions per message").
+
+Timing on these shared two-core VMs is noisy and hardware counters are not available; callgrind counts the
+instructions a process executes, which repeats to a fraction of a percent. One side of an -L tunnel runs under
+callgrind (the other natively), and a client does N sequential 64-byte round trips through it to an echo
+target. Each round trip crosses every hop twice (request and reply), so a hop's cost per message is
+
+    (instructions with N2 round trips - instructions with N1) / (2 x (N2 - N1))
+
+which cancels start-up, the handshake and shutdown. Reported for the client hop and the server hop.
+
+Environment: ADIT_BIN (default .build/release/adit), CG_N1 (300), CG_N2 (2300), CG_SIZE (64).
+"""
+
+import glob
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("port %d did not open" % port)
+
+
+def echo_server():
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+
+    def serve(c):
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+        c.close()
+
+    def accept():
+        while True:
+            c, _ = ls.accept()
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    return ls.getsockname()[1]
+
+
+def count(binary, measured, rounds, size, echo_port, tmp):
+    """Total instructions of the `measured` side ("client" or "server") for `rounds` round trips."""
+    sport, lport = free_port(), free_port()
+    out = os.path.join(tmp, "cg.%s.%d.out" % (measured, rounds))
+    grind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, "--dump-instr=no"]
+    server_cmd = [binary, "server", "--listen", "127.0.0.1:%d" % sport, "--allow", "127.0.0.1:%d" % echo_port,
+                  "--log-level", "error"]
+    client_cmd = [binary, "client", "ws://127.0.0.1:%d" % sport, "-L", "127.0.0.1:%d:127.0.0.1:%d" % (lport, echo_port),
+                  "--log-level", "error"]
+    log = open(os.path.join(tmp, "valgrind.log"), "ab")
+    server = subprocess.Popen((grind if measured == "server" else []) + server_cmd, stdout=log, stderr=log)
+    wait_port(sport)
+    client = subprocess.Popen((grind if measured == "client" else []) + client_cmd, stdout=log, stderr=log)
+    wait_port(lport)
+    time.sleep(2.0)
+    s = socket.create_connection(("127.0.0.1", lport))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    msg = b"p" * size
+    for _ in range(rounds):
+        s.sendall(msg)
+        got = 0
+        while got < size:
+            d = s.recv(size - got)
+            if not d:
+                raise RuntimeError("the tunnel closed")
+            got += len(d)
+    s.close()
+    time.sleep(1.0)
+    for p in (client, server):
+        p.terminate()
+    for p in (client, server):
+        p.wait(120)
+    with open(out) as f:
+        text = f.read()
+    m = re.search(r"^summary:\s+(\d+)", text, re.M) or re.search(r"^totals:\s+(\d+)", text, re.M)
+    return int(m.group(1))
+
+
+def main():
+    binary = os.environ.get("ADIT_BIN", os.path.join(REPO, ".build", "release", "adit"))
+    n1, n2 = int(os.environ.get("CG_N1", "300")), int(os.environ.get("CG_N2", "2300"))
+    size = int(os.environ.get("CG_SIZE", "64"))
+    tmp = tempfile.mkdtemp(prefix="adit-callgrind-")
+    echo_port = echo_server()
+    for side in ("client", "server"):
+        a = count(binary, side, n1, size, echo_port, tmp)
+        b = count(binary, side, n2, size, echo_port, tmp)
+        per = (b - a) / (2 * (n2 - n1))
+        print("%s hop: %.0f instructions per relayed %d-byte message (%d and %d round trips: %d and %d)" % (
+            side, per, size, n1, n2, a, b), flush=True)
+    for f in glob.glob(os.path.join(tmp, "*")):
+        os.remove(f)
+    os.rmdir(tmp)
+
+
+if __name__ == "__main__":
+    main()
