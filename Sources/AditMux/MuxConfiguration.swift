@@ -19,6 +19,10 @@ public struct MuxConfiguration: Sendable {
     public var quantum: Int = 16 << 10
     /// Bytes read from a local connection and not yet framed, per stream, above which we stop reading it.
     public var streamReadHighWater: Int = 256 << 10
+    /// The same over every stream of the session: past it no endpoint is read until the scheduler has framed
+    /// half of it, so a thousand bulk streams cannot each hold `streamReadHighWater` (measured: 1,000 uploads
+    /// through one tunnel took the sending side to 817 MiB without it).
+    public var sessionReadHighWater: Int = 16 << 20
     /// A PING goes out this often (silent or not: it keeps NAT and proxy state alive and measures the round trip).
     public var keepaliveInterval: TimeAmount = .seconds(15)
     /// A peer that sends nothing for this long after a PING is dead: the tunnel closes (and the client redials).

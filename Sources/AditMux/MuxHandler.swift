@@ -43,6 +43,11 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var lastHeardFrom: NIODeadline = .now()
     /// Totals for metrics; read them on the event loop.
     public private(set) var statistics = MuxStatistics()
+    /// Bytes read from our endpoints and not yet framed, over every stream (`sessionReadHighWater`).
+    private var outboundTotal = 0
+    public var bufferedOutboundBytes: Int { outboundTotal }
+    /// Streams that would read from their endpoint but for `sessionReadHighWater`, in the order they asked.
+    private var waitingForReadBudget: [MuxStream] = []
     /// Bytes the peer sent that our endpoints have not taken yet, over every stream: past
     /// `maxBufferedBytes` new streams are refused, so many streams cannot pile up unbounded memory.
     public private(set) var bufferedBytes = 0
@@ -682,6 +687,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         stream.outboundBytes += buffer.readableBytes
+        outboundTotal += buffer.readableBytes
         stream.outbound.append(buffer)
         if stream.hasSendableWork { scheduler.markReady(stream.id) }
         if stream.state.kind == .datagram { scheduleFlush() }
@@ -731,6 +737,13 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             stream.outboundBytes < configuration.streamReadHighWater,
             stream.state.sendWindow.available > stream.outboundBytes, session.peerHello != nil
         else { return }
+        guard outboundTotal < configuration.sessionReadHighWater else {
+            if !stream.waitingForSessionReadBudget {
+                stream.waitingForSessionReadBudget = true
+                waitingForReadBudget.append(stream)
+            }
+            return
+        }
         stream.readInFlight = true
         endpoint.read()
     }
@@ -853,6 +866,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
         noteIdleness()
         scheduler.remove(stream.id)
         stream.outbound.removeAll()
+        outboundTotal -= stream.outboundBytes
         stream.outboundBytes = 0
         stream.backlog = []
         if let promise = stream.openPromise {
@@ -952,6 +966,7 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 if count > 0 || fin || stream.state.kind == .datagram {
                     let first = payloads.count
                     stream.takeOutbound(count, into: &payloads)
+                    outboundTotal -= count
                     if stream.state.kind == .datagram && count == 0 {
                         // An empty datagram is a datagram too.
                         payloads.append(stream.outbound.removeFirst())
@@ -975,6 +990,19 @@ public final class MuxHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if !planned.isEmpty { writePlanned() }
         }
         if wrote { context.flush() }
+        resumeReadsWaitingForBudget()
+    }
+
+    /// Once the scheduler has framed half of the session's read-ahead, the streams it held back read again, in
+    /// the order they were held back (each may be held back again, at the end of the queue).
+    private func resumeReadsWaitingForBudget() {
+        guard !waitingForReadBudget.isEmpty, outboundTotal < configuration.sessionReadHighWater / 2 else { return }
+        let waiting = waitingForReadBudget
+        waitingForReadBudget.removeAll(keepingCapacity: true)
+        for stream in waiting {
+            stream.waitingForSessionReadBudget = false
+            if streams[stream.id] === stream { requestReadIfPossible(stream) }
+        }
     }
 
     private func writeDataMessage(_ frames: [PlannedFrame], payloads: [ByteBuffer], context: ChannelHandlerContext) {

@@ -26,6 +26,8 @@ final class MuxStream {
     var readAnything = false
     /// A read() was requested from the endpoint and its read-complete has not come yet.
     var readInFlight = false
+    /// Waiting in `MuxHandler`'s queue for the session's read-ahead to drop below its high-water mark.
+    var waitingForSessionReadBudget = false
 
     /// Data from the peer that arrived before the endpoint existed (server side, while connecting).
     var backlog: [ByteBuffer] = []

@@ -101,13 +101,11 @@ public struct ReceiveWindow: Sendable, Equatable {
         }
         consumedInEpoch += bytes
         let elapsed = now - start
-        // Two round trips per measurement: consumption comes in bursts (a busy loop's turns; a socket's kernel
-        // buffer, which Linux reopens to a writer only once half of it is free, a megabyte at a time), and a
-        // burst after a stall must not pass a slow application for a fast one.
-        guard elapsed >= roundTrip * 2 else { return }
+        guard elapsed >= roundTrip else { return }
         // This stream's share of the bandwidth-delay product, from what it consumed over at least one round trip.
-        // What the path delivered and the application took: a backlog taken at once after a stall (its bytes
-        // arrived earlier) says nothing of the path.
+        // What the path delivered and the application took: consumption comes in bursts (a busy loop's turns; a
+        // socket's kernel buffer, which Linux reopens to a writer only once half of it is free, a megabyte at a
+        // time), and a backlog taken at once after a stall (its bytes arrived earlier) says nothing of the path.
         let moved = min(consumedInEpoch, receivedInEpoch)
         let share = Double(moved) * Double(roundTrip.nanoseconds) / Double(elapsed.nanoseconds)
         let wanted = Int(min(2 * share, Double(Int32.max)))

@@ -39,6 +39,17 @@ final class RealisticCloseHandler: ChannelOutboundHandler {
     }
 }
 
+/// Counts the reads a stream endpoint's channel is asked for (adit reads endpoints on demand, autoRead off).
+final class ReadCounter: ChannelOutboundHandler {
+    typealias OutboundIn = Any
+    var reads = 0
+
+    func read(context: ChannelHandlerContext) {
+        reads += 1
+        context.read()
+    }
+}
+
 final class AcceptingDelegate: MuxSessionDelegate {
     var ready = false
     var opens: [(StreamID, MuxTarget)] = []
@@ -246,6 +257,44 @@ extension EmbeddedChannel {
         #expect(recorderA.outputClosed)
         #expect(pair.clientMux.streamCount == 0)
         #expect(pair.serverMux.streamCount == 0)
+    }
+
+    /// While the tunnel is backed up, what the endpoints have read waits above it; past the session's high-water
+    /// mark no endpoint is read, however many streams there are, until the scheduler has framed half of it.
+    @Test func theSessionsReadAheadIsBoundedAcrossStreams() throws {
+        var config = MuxConfiguration()
+        config.streamReadHighWater = 48 << 10
+        config.sessionReadHighWater = 96 << 10
+        var pair = try MuxPair(configuration: config)
+        var endpoints: [(EmbeddedChannel, ReadCounter)] = []
+        for _ in 0..<6 {
+            let (channel, _) = try pair.endpoint()
+            let counter = ReadCounter()
+            try channel.pipeline.syncOperations.addHandler(counter, position: .first)
+            _ = try pair.clientMux.openStream(to: target, endpoint: channel)
+            endpoints.append((channel, counter))
+        }
+        try pair.pump()
+        pair.client.isWritable = false
+        // Each endpoint delivers 40 KiB whenever it is asked to read; the tunnel takes nothing. A stream is asked
+        // again only while the session holds less than 96 KiB, so it ends below 96 KiB plus the reads already
+        // asked for (one per stream); the per-stream limit alone would let all six read twice (480 KiB).
+        for _ in 0..<4 {
+            for (channel, counter) in endpoints where counter.reads > 0 {
+                counter.reads = 0
+                channel.pipeline.fireChannelRead(ByteBuffer(repeating: 7, count: 40 << 10))
+                channel.pipeline.fireChannelReadComplete()
+            }
+        }
+        let asking = endpoints.filter { $0.1.reads > 0 }.count
+        #expect(pair.clientMux.bufferedOutboundBytes <= 96 << 10 + 6 * (40 << 10))
+        #expect(asking == 0, "\(asking) endpoints still asked to read past the session's high-water mark")
+        // The tunnel drains: the held-back streams are read again.
+        pair.client.isWritable = true
+        pair.client.pipeline.fireChannelWritabilityChanged()
+        try pair.pump()
+        #expect(pair.clientMux.bufferedOutboundBytes == 0)
+        #expect(endpoints.filter { $0.1.reads > 0 }.count == 6)
     }
 
     @Test func aSmallStreamIsServedBesideABulkOne() throws {
