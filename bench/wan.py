@@ -76,6 +76,7 @@ def wait_port(port, timeout=10.0):
 
 
 def rss_kib(pid):
+    """VmRSS in KiB (bench/run.py has its own, with the process-tree bookkeeping around it)."""
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:

@@ -390,7 +390,9 @@ def test_out_of_descriptors_the_admin_listener_does_not_spin_either(adit, target
                                       "--allow", f"127.0.0.1:{echo.port}", "--admin", f"127.0.0.1:{admin}"], 64),
                            tmp_path / "adit-server-limited.log").start()
     adit.procs.append(server)
+    # Both listeners up before the flood (the tunnel port opens once the admin listener serves).
     H.wait_for_port(admin, timeout=10, proc=server, connect=False)
+    H.wait_for_port(port, timeout=10, proc=server, connect=False)
     busy = flooded_cpu(server, admin, lambda: H.wait_until(lambda: len(os.listdir(f"/proc/{server.pid}/fd")) >= 60,
                                                            timeout=10, what="the server to run out of descriptors"))
     print(f"server CPU while its admin listener is out of descriptors: {busy * 100:.0f} % of a core")

@@ -29,38 +29,48 @@ def window_sampler(admin_port: int, samples: list, stop: threading.Event) -> thr
     return th
 
 
+def upload_through_a_long_path(adit, blob, sink, total: int, seed: int, server_extra=()) -> tuple:
+    """Uploads `total` bytes through -L, the client reaching the server through a 40 ms, 200 Mbit/s delay line,
+    while the server's receive windows are sampled. Returns (what the app sent, the target's reply, samples,
+    when the upload began)."""
+    admin = H.free_port()
+    server = adit.server([f"127.0.0.1:{sink.port}"], extra=["--admin", f"127.0.0.1:{admin}", *server_extra])
+    line = H.DelayLine(server.port, rtt_ms=40, rate_mbit=200)
+    try:
+        local = H.free_port()
+        client = adit.client(f"ws://127.0.0.1:{line.port}", [(local, "127.0.0.1", sink.port)])
+        client.wait_for_log("is up", timeout=H.scaled(15))
+        samples: list = []
+        stop = threading.Event()
+        sampler = window_sampler(admin, samples, stop)
+        t0 = time.monotonic()
+        with H.connect_local(local) as s:
+            s.settimeout(H.scaled(60))
+            sent = H.send_blob(s, blob, total, seed=seed)
+            reply = H.read_sink_reply(s)
+        stop.set()
+        sampler.join()
+        return sent, reply, samples, t0
+    finally:
+        line.stop()
+
+
 @pytest.mark.deadline(120)
 def test_a_window_limited_upload_grows_its_window_through_a_long_path(adit, targets, blob):
     """40 ms and 200 Mbit/s: the path holds 1 MB, four times the initial window, so the upload is held back
     by its window until the server's receive window grows. It must grow (past 256 KiB, at most --window 8M)
     and the 48 MiB must arrive intact."""
     sink = targets.hash_sink()
-    admin = H.free_port()
-    server = adit.server([f"127.0.0.1:{sink.port}"], extra=["--window", "8M", "--admin", f"127.0.0.1:{admin}"])
-    line = H.DelayLine(server.port, rtt_ms=40, rate_mbit=200)
-    try:
-        local = H.free_port()
-        client = adit.client(f"ws://127.0.0.1:{line.port}", [(local, "127.0.0.1", sink.port)])
-        client.wait_for_log("is up", timeout=H.scaled(15))
-        samples: list[int] = []
-        stop = threading.Event()
-        sampler = window_sampler(admin, samples, stop)
-        total = 48 * MiB
-        with H.connect_local(local) as s:
-            s.settimeout(H.scaled(60))
-            sent = H.send_blob(s, blob, total, seed=7)
-            reply = H.read_sink_reply(s)
-        stop.set()
-        sampler.join()
-        assert sent == (total, blob.digest(total, seed=7)[1])
-        assert reply == sent, "the target's count/hash differ from what the app sent"
-        largest = max((w for _, w in samples), default=0)
-        print(f"server receive windows: largest {largest / KiB:.0f} KiB over {len(samples)} samples")
-        assert len(samples) >= 5, "the status page was not sampled during the transfer"
-        assert largest > INITIAL, f"the window never grew past the initial {INITIAL // KiB} KiB on a 1 MB path"
-        assert largest <= 8 * MiB + 2 * INITIAL, f"a window of {largest} B: --window 8M is the cap"
-    finally:
-        line.stop()
+    total = 48 * MiB
+    sent, reply, samples, _ = upload_through_a_long_path(adit, blob, sink, total, seed=7,
+                                                         server_extra=["--window", "8M"])
+    assert sent == (total, blob.digest(total, seed=7)[1])
+    assert reply == sent, "the target's count/hash differ from what the app sent"
+    largest = max((w for _, w in samples), default=0)
+    print(f"server receive windows: largest {largest / KiB:.0f} KiB over {len(samples)} samples")
+    assert len(samples) >= 5, "the status page was not sampled during the transfer"
+    assert largest > INITIAL, f"the window never grew past the initial {INITIAL // KiB} KiB on a 1 MB path"
+    assert largest <= 8 * MiB + 2 * INITIAL, f"a window of {largest} B: --window 8M is the cap"
 
 
 @pytest.mark.deadline(90)
@@ -73,30 +83,11 @@ def test_a_slow_reader_keeps_the_initial_window_on_a_long_path(adit, targets, bl
     # A small receive buffer at the target, so that the kernel between the server and the target cannot
     # take megabytes at full speed and pass for a fast application.
     sink = targets.hash_sink(pace=lambda elapsed: 1 * MiB, rcvbuf=64 * KiB)
-    admin = H.free_port()
-    server = adit.server([f"127.0.0.1:{sink.port}"], extra=["--admin", f"127.0.0.1:{admin}"])
-    line = H.DelayLine(server.port, rtt_ms=40, rate_mbit=200)
-    try:
-        local = H.free_port()
-        client = adit.client(f"ws://127.0.0.1:{line.port}", [(local, "127.0.0.1", sink.port)])
-        client.wait_for_log("is up", timeout=H.scaled(15))
-        samples: list = []
-        stop = threading.Event()
-        sampler = window_sampler(admin, samples, stop)
-        total = 6 * MiB
-        t0 = time.monotonic()
-        with H.connect_local(local) as s:
-            s.settimeout(H.scaled(60))
-            sent = H.send_blob(s, blob, total, seed=8)
-            reply = H.read_sink_reply(s)
-        stop.set()
-        sampler.join()
-        assert reply == sent
-        settled = [w for t, w in samples if t - t0 >= 2.0 and w > 0]
-        print(f"server receive windows: largest {max(w for _, w in samples) / KiB:.0f} KiB; after 2 s "
-              f"{sorted(set(settled))} over {len(settled)} samples")
-        assert len(settled) >= 20, "too few samples after the first two seconds"
-        assert max(settled) <= 2 * INITIAL, f"a slow reader's window grew again: {sorted(set(settled))}"
-        assert INITIAL in settled, f"a slow reader's window never went back to the initial: {sorted(set(settled))}"
-    finally:
-        line.stop()
+    sent, reply, samples, t0 = upload_through_a_long_path(adit, blob, sink, 6 * MiB, seed=8)
+    assert reply == sent
+    settled = [w for t, w in samples if t - t0 >= 2.0 and w > 0]
+    print(f"server receive windows: largest {max(w for _, w in samples) / KiB:.0f} KiB; after 2 s "
+          f"{sorted(set(settled))} over {len(settled)} samples")
+    assert len(settled) >= 20, "too few samples after the first two seconds"
+    assert max(settled) <= 2 * INITIAL, f"a slow reader's window grew again: {sorted(set(settled))}"
+    assert INITIAL in settled, f"a slow reader's window never went back to the initial: {sorted(set(settled))}"
