@@ -5,10 +5,11 @@ PYTHON ?= python3
 # the binary the demo, the end-to-end tests and the benchmarks run is the one that ships, and it runs where no
 # toolchain is installed (only glibc, libstdc++ and zlib). The unit tests build in debug (.build/debug): a second
 # release build of every dependency would cost CI minutes, and debug keeps assertions on. The debug build's
-# own adit, linked dynamically, is the control of test_static_binary.py. The shipped binary skips the run-time
-# exclusivity checks in every module, the dependencies' too (our own modules skip them in any release build,
-# see Package.swift): callgrind counted them as a third of the instructions spent per relayed small message.
-# The debug build and the tests keep them.
+# own adit, linked dynamically, is the control of test_static_binary.py. The shipped binary skips Swift's
+# run-time exclusivity checks in every module, the dependencies' too: callgrind counted them (swift_beginAccess
+# and its access set) as a quarter to a third of the instructions spent relaying a 64-byte message
+# (bench/callgrind.py, docs/benchmarks.md). The debug build, the unit tests and the sanitizer builds keep them,
+# so a violation is still caught there.
 RELEASE_FLAGS ?= -c release --static-swift-stdlib -Xswiftc -enforce-exclusivity=unchecked
 ADIT_BIN ?= $(CURDIR)/.build/release/adit
 DYNAMIC_BIN ?= $(CURDIR)/.build/debug/adit

@@ -6,13 +6,10 @@ import Foundation
 /// instrumentation (the dependencies are not, so CI reuses their debug build) and the `adit-fuzz` driver exists.
 let fuzzing = ProcessInfo.processInfo.environment["ADIT_FUZZ"] != nil
 
-/// Release builds skip the run-time exclusivity checks: callgrind counted them (swift_beginAccess and its
-/// access set) as 23 % of the instructions adit spends relaying a 64-byte message (bench/callgrind.py,
-/// docs/benchmarks.md). Debug builds, the tests and the sanitizer builds keep them, so a violation is still
-/// caught there.
+/// (The shipped binary skips the run-time exclusivity checks: that is the Makefile's RELEASE_FLAGS, not a
+/// setting here, because unsafe flags would make these library products unusable as a dependency.)
 let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
-    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ] + (fuzzing ? [.unsafeFlags(["-sanitize=fuzzer"])] : [])
 
 let package = Package(
