@@ -483,7 +483,7 @@ def run_shaped(bench, res, corpus):
                   connect_timeout=10)
         out["direct"] = d
         H.log("  100 Mbit/s direct (no tunnel): %s" % shaped_fmt(d))
-        for i, mode in enumerate(("off", "auto")):
+        for i, mode in enumerate(("off", "auto", "always")):
             if bench.remaining() < 30:
                 out[mode] = {"error": "skipped: time budget"}
                 continue
@@ -707,7 +707,8 @@ def report(bench, cfg):
               "| wire bytes (ss) | wire / payload | CPU s/GiB, client + server |",
               "|---|---:|---:|---:|---:|---:|"]
         for key, label in (("direct", "direct, no tunnel (the link's rate)"),
-                           ("off", "adit `off`"), ("auto", "adit `auto`")):
+                           ("off", "adit `off`"), ("auto", "adit `auto`"),
+                           ("always", "adit `always` (level 5 throughout)")):
             r = sh.get(key) or {}
             if "error" in r or not r:
                 sl.append("| %s | %s | | | | |" % (label, "error: %s" % str(r.get("error"))[:80] if r else "-"))
@@ -721,15 +722,20 @@ def report(bench, cfg):
         if sh.get("error"):
             md += "\n\n100 Mbit/s link: %s" % sh["error"]
 
+    # Issue 10: `auto` adapts to the link, so on loopback it must not cost throughput on any data (it then
+    # sends compressible data mostly uncompressed: its wire bytes are no longer a target, `always`'s are).
     tg = []
-    tg.append(("random data: throughput `auto` / `off`",
-               ratio(g("auto", "random", "gbps"), g("off", "random", "gbps")), "%.3f×", "≥ 0.90×",
-               lambda v: v >= 0.90))
-    for mode in ("auto", "always"):
-        tg.append(("JSON logs: wire bytes `%s` / gzip -6" % mode,
-                   ratio(g(mode, "jsonlog", "wire_ss"), gz), "%.2f×", "≤ 1.1×", lambda v: v <= 1.1))
+    for payload, label in (("random", "random data"), ("jsonlog", "JSON logs")):
+        tg.append(("loopback, %s: throughput `auto` / `off`" % label,
+                   ratio(g("auto", payload, "gbps"), g("off", payload, "gbps")), "%.3f×", "≥ 0.95×",
+                   lambda v: v >= 0.95))
+    tg.append(("JSON logs: wire bytes `always` / gzip -6",
+               ratio(g("always", "jsonlog", "wire_ss"), gz), "%.2f×", "≤ 1.1×", lambda v: v <= 1.1))
     if not sh.get("skipped"):
         tg.append(("JSON logs over 100 Mbit/s: throughput `auto` / `off`",
                    ratio((sh.get("auto") or {}).get("gbps"), (sh.get("off") or {}).get("gbps")),
-                   "%.2f×", "≥ 4×", lambda v: v >= 4.0))
+                   "%.2f×", "≥ 4.5×", lambda v: v >= 4.5))
+        tg.append(("JSON logs over 100 Mbit/s: throughput `always` (fixed level 5) / `off`",
+                   ratio((sh.get("always") or {}).get("gbps"), (sh.get("off") or {}).get("gbps")),
+                   "%.2f×", "(reference)", lambda v: True))
     return md, tg

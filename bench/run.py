@@ -246,6 +246,54 @@ class Procs:
 _taken = set()
 
 
+class TunnelQueueSampler:
+    """Samples, every 10 ms with `ss`, the kernel's queues of one tunnel connection (the server listening on
+    `port` on loopback): what a small request written by the client waits behind below the relays' schedulers
+    is the client socket's Send-Q (not yet acknowledged) plus the server socket's Recv-Q (not yet read). The
+    same figures as SIOCOUTQ and SIOCINQ, read from outside the processes."""
+
+    def __init__(self, port):
+        import threading
+        self.port = port
+        self.samples = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def run(self):
+        while not self.stop_event.wait(0.01):
+            try:
+                out = subprocess.run(["ss", "-tnH", "state", "established",
+                                      "( sport = :%d or dport = :%d )" % (self.port, self.port)],
+                                     capture_output=True, text=True, timeout=2).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                return
+            client_sendq = server_recvq = None
+            for line in out.splitlines():
+                f = line.split()
+                if len(f) < 4:
+                    continue
+                recvq, sendq, local = int(f[0]), int(f[1]), f[2]
+                if local.endswith(":%d" % self.port):
+                    server_recvq = recvq
+                else:
+                    client_sendq = sendq
+            if client_sendq is not None and server_recvq is not None:
+                self.samples.append(client_sendq + server_recvq)
+
+    def stop(self):
+        self.stop_event.set()
+        self.thread.join(5)
+        xs = sorted(self.samples)
+        if not xs:
+            return {"error": "no samples (is ss installed?)"}
+        pick = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))] / 1024
+        return {"samples": len(xs), "ahead_p50_kib": pick(0.5), "ahead_p99_kib": pick(0.99),
+                "ahead_max_kib": xs[-1] / 1024}
+
+
 def free_port():
     lo = 23000
     try:
@@ -329,6 +377,7 @@ class Path:
         self.server_pids = []  # RSS/CPU "server side"
         self.relay_pids = []   # everything whose CPU counts as relay CPU
         self.commands = []
+        self.tunnel_port = None  # the server's port of the one tunnel connection (adit, ssh), for queue sampling
 
 
 class Bench:
@@ -478,6 +527,7 @@ class Bench:
         path.client_pids = [pc.pid]
         path.server_pids = [pd.pid]
         path.relay_pids = [pc.pid, pd.pid]
+        path.tunnel_port = sport
         path.commands = [" ".join(argv_d), " ".join(argv_c)]
 
     def _start_adit(self, path, tag, scheme="ws", server_args=(), client_args=()):
@@ -506,6 +556,7 @@ class Bench:
         path.client_pids = [pc.pid]
         path.server_pids = [ps.pid]
         path.relay_pids = [pc.pid, ps.pid]
+        path.tunnel_port = sport
         path.commands = [" ".join(shlex.quote(a) for a in argv_s),
                          " ".join(shlex.quote(a) for a in argv_c)]
 
@@ -645,9 +696,14 @@ class Bench:
             argv = self.iperf(path.ports["iperf"], c.sat_secs, 1, False, omit=0)
             bg = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, start_new_session=True)
+            sampler = TunnelQueueSampler(path.tunnel_port) if path.tunnel_port else None
             try:
                 time.sleep(1.0)
+                if sampler:
+                    sampler.start()
                 r = self.pingpong(path.ports["echo"], limit=c.sat_secs - 2.5)
+                if sampler:
+                    r["tunnel_queue"] = sampler.stop()
                 try:
                     o, e = bg.communicate(timeout=c.sat_secs + 20)
                     r["background"] = self.parse_iperf(o, e)
@@ -661,8 +717,11 @@ class Bench:
             if "error" in r.get("background", {}):
                 self.restart_iperf()
             self.results["saturated"][name] = r
-            log("  saturated  %-7s p50 %s  p99 %s  (bg %s)" % (
-                name, fus(r, "p50_us"), fus(r, "p99_us"), fmt_gbps(r.get("background", {}))))
+            q = r.get("tunnel_queue") or {}
+            log("  saturated  %-7s p50 %s  p99 %s  (bg %s)%s" % (
+                name, fus(r, "p50_us"), fus(r, "p99_us"), fmt_gbps(r.get("background", {})),
+                "  queued ahead in the tunnel socket p50 %.0f / p99 %.0f KiB" % (
+                    q["ahead_p50_kib"], q["ahead_p99_kib"]) if "ahead_p50_kib" in q else ""))
 
     def suite_idle(self, names):
         c = self.cfg
@@ -908,6 +967,10 @@ def build_report(bench, cfg):
     row("Ping-pong p50 beside saturated stream (µs)", lambda p: pcell(p, "saturated", p, "p50_us", fmt="%.0f"))
     row("Ping-pong p99 beside saturated stream (µs)", lambda p: pcell(p, "saturated", p, "p99_us", fmt="%.0f"))
     row("  (saturating stream meanwhile, Gbit/s)", lambda p: pcell(p, "saturated", p, "background", "gbps", fmt="%.2f"))
+    row("  (bytes queued in the tunnel socket ahead of a request, p50 / p99 KiB)",
+        lambda p: "%.0f / %.0f" % (get(R, "saturated", p, "tunnel_queue", "ahead_p50_kib"),
+                                   get(R, "saturated", p, "tunnel_queue", "ahead_p99_kib"))
+        if get(R, "saturated", p, "tunnel_queue", "ahead_p50_kib") is not None else "n/a")
 
     def idle_step(p, n):
         for st in get(R, "idle", p, "steps") or []:

@@ -60,6 +60,8 @@ public final class WebSocketConnectionHandler: ChannelDuplexHandler {
     // MARK: Inbound
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        // The socket backed up: the link (or the peer) is the limit for now, which `auto` weighs.
+        if !context.channel.isWritable { codec?.noteBackedUp() }
         if context.channel.isWritable, let payload = pendingPong {
             pendingPong = nil
             if closing.isOpen {

@@ -283,7 +283,7 @@ extension CompressionMode: ExpressibleByArgument {}
 /// permessage-deflate options, the same on both commands.
 struct CompressionOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "permessage-deflate (RFC 7692): off (never offered or accepted), auto (negotiated; small messages and streams that prove incompressible are sent as they are) or always (every message compressed). Example: --compression off",
+        "permessage-deflate (RFC 7692): off (never offered or accepted), auto (negotiated; small messages and streams that prove incompressible are sent as they are, and bulk data is compressed only as hard as pays on this link, measured: on loopback or a fast LAN usually not at all) or always (every message compressed). Example: --compression off",
         valueName: "off|auto|always"))
     var compression: CompressionMode = .auto
 

@@ -77,11 +77,12 @@ def test_a_window_limited_upload_grows_its_window_through_a_long_path(adit, targ
 def test_a_slow_reader_keeps_the_initial_window_on_a_long_path(adit, targets, blob):
     """The same path, but the target reads 1 MiB/s, a fraction of what the initial window carries per round
     trip. While the kernel's buffers towards the target fill, the stream looks fast and its window may grow.
-    Once they are full, the kernel takes more only in bursts, after stalls of many round trips: a burst may
-    grow the window again for its few round trips (the bytes do move at path speed then), and the stall after
-    it puts the window back at the initial 256 KiB. So a slow reader spends most of its time at the initial
-    window, and never comes near what a window-limited stream reaches: memory stays bounded for slow streams.
-    (A window sized from consumption alone, or one that never shrank after a stall, climbs burst after burst.)"""
+    Once they are full, the kernel takes more only in bursts (Linux wakes a writer when a third of its send
+    buffer is free), after stalls of many round trips: a burst may grow the window again for its few round
+    trips (the bytes do move at path speed then), and the stall after it puts the window back at the initial
+    256 KiB. So a slow reader's window stays near the initial one, typically 256-600 KiB (a window that never
+    went back after a stall sat at 0.8-1.5 MiB here), far from what a window-limited stream reaches: memory
+    stays bounded for slow streams. The figures depend on the kernel's buffer sizes, hence the margins."""
     # A small receive buffer at the target, so that the kernel between the server and the target cannot
     # take megabytes at full speed and pass for a fast application.
     sink = targets.hash_sink(pace=lambda elapsed: 1 * MiB, rcvbuf=64 * KiB)
@@ -89,9 +90,10 @@ def test_a_slow_reader_keeps_the_initial_window_on_a_long_path(adit, targets, bl
     assert reply == sent
     settled = [w for t, w in samples if t - t0 >= 2.0 and w > 0]
     at_initial = sum(1 for w in settled if w <= INITIAL)
+    median = sorted(settled)[len(settled) // 2] if settled else 0
     print(f"server receive windows: largest {max(w for _, w in samples) / KiB:.0f} KiB; after 2 s "
-          f"{sorted(set(settled))} over {len(settled)} samples, {at_initial} at the initial window")
+          f"{sorted(set(settled))} over {len(settled)} samples, {at_initial} at the initial window, "
+          f"median {median / KiB:.0f} KiB")
     assert len(settled) >= 20, "too few samples after the first two seconds"
-    assert max(settled) <= 4 * INITIAL, f"a slow reader's window grew to {max(settled)} B after the buffers filled"
-    assert at_initial >= len(settled) // 2, \
-        f"a slow reader's window stayed above the initial in {len(settled) - at_initial} of {len(settled)} samples"
+    assert median <= 3 * INITIAL, f"a slow reader's window stayed large: median {median} B, {sorted(set(settled))}"
+    assert max(settled) <= 8 * INITIAL, f"a slow reader's window grew to {max(settled)} B after the buffers filled"

@@ -13,7 +13,7 @@ enum MetricsHelp {
         "adit_stream_resets_total": "Streams ended by RESET, by reason.",
         "adit_datagrams_dropped_total": "UDP datagrams dropped before framing (queue full or too large).",
         "adit_compression_bytes_total": "Tunnel messages we compressed: bytes before and after.",
-        "adit_compression_skipped_bytes_total": "Tunnel message bytes sent uncompressed (small or incompressible).",
+        "adit_compression_skipped_bytes_total": "Tunnel message bytes sent uncompressed (small, incompressible, or the link outruns zlib).",
         "adit_decompression_bytes_total": "Compressed tunnel messages received: bytes on the wire and inflated.",
         "adit_auth_failures_total": "Tunnels refused before the upgrade, by reason.",
         "adit_limit_hits_total": "Limits reached, by limit.",

@@ -21,6 +21,9 @@ public struct CompressionSettings: Sendable, Equatable {
     public var memoryLevel = 8
     /// Messages smaller than this go uncompressed in `auto` mode.
     public var minimumSize = 128
+    /// In `auto` mode, move between sending uncompressed, faster levels and `level` by the throughput each
+    /// gives (`CompressionEffortChooser`); false keeps `level` for every compressible message.
+    public var adaptsLevel = true
 
     public init() {}
 

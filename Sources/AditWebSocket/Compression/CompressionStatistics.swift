@@ -11,6 +11,10 @@ public struct CompressionStatistics: Sendable, Equatable {
     public var messagesInflated = 0
     public var bytesBeforeInflating = 0
     public var bytesAfterInflating = 0
+    /// The zlib level bulk messages are compressed at now (0: sent uncompressed, the link outruns zlib), and
+    /// how often `auto` changed it.
+    public var level = 0
+    public var levelChanges = 0
 
     public init() {}
 
@@ -35,5 +39,6 @@ public struct CompressionStatistics: Sendable, Equatable {
         return "sent \(messagesCompressed) compressed message(s), \(bytesBeforeCompression) -> \(bytesAfterCompression) bytes "
             + "(ratio \(ratio(sendRatio))), \(messagesUncompressed) uncompressed (\(bytesUncompressed) bytes); "
             + "received \(messagesInflated) compressed, \(bytesBeforeInflating) -> \(bytesAfterInflating) bytes"
+            + "; sending at level \(level) after \(levelChanges) change(s)"
     }
 }

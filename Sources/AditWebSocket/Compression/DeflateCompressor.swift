@@ -9,6 +9,9 @@ import NIOCore
 /// several buffers (frame headers and payload slices) and is compressed in one pass without joining them.
 public final class DeflateCompressor {
     private let stream: UnsafeMutablePointer<z_stream>
+    private let strategy: Int32
+    /// The zlib level in use (`setLevel` changes it between messages).
+    public private(set) var level: Int
 
     /// `windowBits` 9–15. A window of 8 cannot be used with zlib's raw deflate (deflateInit2 refuses it), so
     /// 8 compresses with Huffman coding only: no back-references at all, which any window honours.
@@ -17,8 +20,9 @@ public final class DeflateCompressor {
         stream = .allocate(capacity: 1)
         stream.initialize(to: z_stream())
         let huffmanOnly = windowBits < 9
-        let status = adit_deflate_init(stream, Int32(level), -Int32(max(windowBits, 9)), Int32(memoryLevel),
-                                       huffmanOnly ? Z_HUFFMAN_ONLY : Z_DEFAULT_STRATEGY)
+        strategy = huffmanOnly ? Z_HUFFMAN_ONLY : Z_DEFAULT_STRATEGY
+        self.level = level
+        let status = adit_deflate_init(stream, Int32(level), -Int32(max(windowBits, 9)), Int32(memoryLevel), strategy)
         guard status == Z_OK else {
             stream.deinitialize(count: 1)
             stream.deallocate()
@@ -35,6 +39,32 @@ public final class DeflateCompressor {
     /// Forgets the history (no context takeover).
     public func reset() {
         deflateReset(stream)
+    }
+
+    /// Compresses the following messages at `level` (1–9), keeping the history: between messages everything
+    /// was flushed, so zlib has nothing of the old level left to emit. Returns false (keeping the old level)
+    /// if zlib refused, which it only does mid-message.
+    @discardableResult
+    public func setLevel(_ level: Int) -> Bool {
+        precondition((1...9).contains(level))
+        guard level != self.level else { return true }
+        // deflateParams may run deflate(Z_BLOCK) on what is pending; after a sync flush that is nothing, but
+        // it needs a valid output buffer all the same (the last one belonged to the previous message).
+        var scratch = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        let status = withUnsafeMutableBytes(of: &scratch) { bytes -> Int32 in
+            stream.pointee.next_out = bytes.baseAddress!.assumingMemoryBound(to: Bytef.self)
+            stream.pointee.avail_out = UInt32(bytes.count)
+            defer {
+                stream.pointee.next_out = nil
+                stream.pointee.avail_out = 0
+            }
+            let status = deflateParams(stream, Int32(level), strategy)
+            precondition(stream.pointee.avail_out == UInt32(bytes.count), "deflateParams emitted bytes between messages")
+            return status
+        }
+        guard status == Z_OK else { return false }
+        self.level = level
+        return true
     }
 
     /// Appends the compressed form of the concatenation of `parts` to `output`.

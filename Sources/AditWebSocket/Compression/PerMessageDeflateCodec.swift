@@ -9,28 +9,47 @@ final class PerMessageDeflateCodec {
     private var compressor: DeflateCompressor?
     private var decompressor: DeflateDecompressor?
     private var advisor: CompressionAdvisor
+    /// How hard `auto` compresses bulk data, from what each effort moves (nil in `always`: the configured level).
+    private var effort: CompressionEffortChooser?
+    /// The level `shouldCompress` chose for the message `compress` is about to get.
+    private var pendingLevel: Int
     var statistics = CompressionStatistics()
 
     init(agreement: PerMessageDeflateAgreement, settings: CompressionSettings) {
         self.agreement = agreement
         self.settings = settings
         self.advisor = CompressionAdvisor(mode: settings.mode, minimumSize: settings.minimumSize)
+        if settings.mode == .auto && settings.adaptsLevel {
+            self.effort = CompressionEffortChooser(level: settings.level)
+        }
+        self.pendingLevel = settings.level
+        statistics.level = effort?.level ?? settings.level
     }
 
     /// Whether to compress the next data message, of `size` bytes, mostly from the flow `key`.
     func shouldCompress(size: Int, key: UInt32) -> Bool {
-        if advisor.decide(key: key, size: size) == .compress { return true }
+        let level = effort != nil ? effort!.level(forMessageOf: size) : settings.level
+        if level > 0, advisor.decide(key: key, size: size) == .compress {
+            pendingLevel = level
+            return true
+        }
         statistics.messagesUncompressed += 1
         statistics.bytesUncompressed += size
+        noteEffort(size: size, compressed: nil)
         return false
     }
 
     /// Appends the compressed payload of `parts` (one message) to `output`.
     func compress(_ parts: [ByteBuffer], size: Int, key: UInt32, into output: inout ByteBuffer) throws(PerMessageDeflateError) {
         if compressor == nil {
-            compressor = try DeflateCompressor(windowBits: agreement.compressWindowBits, level: settings.level,
+            compressor = try DeflateCompressor(windowBits: agreement.compressWindowBits, level: pendingLevel,
                                                memoryLevel: settings.memoryLevel)
+        } else if compressor!.level != pendingLevel && !compressor!.setLevel(pendingLevel) {
+            // Not expected between messages; keep the level zlib has and stop adapting.
+            effort = nil
         }
+        // Only messages the chooser learns from are timed (two clock reads), not the interactive ones.
+        let started: NIODeadline? = effort != nil && size >= CompressionEffortChooser.smallestMeasured ? .now() : nil
         let start = output.writerIndex
         compressor!.compress(parts, into: &output)
         if agreement.compressNoContextTakeover { compressor!.reset() }
@@ -39,6 +58,23 @@ final class PerMessageDeflateCodec {
         statistics.messagesCompressed += 1
         statistics.bytesBeforeCompression += size
         statistics.bytesAfterCompression += after
+        if let started {
+            let now = NIODeadline.now()
+            noteEffort(size: size, compressed: (compressor!.level, after, now - started), at: now)
+        }
+    }
+
+    /// The socket could not take more at some point: the link, not zlib, was the limit then.
+    func noteBackedUp() {
+        effort?.noteBackedUp()
+    }
+
+    private func noteEffort(size: Int, compressed: (level: Int, size: Int, deflateTime: TimeAmount)?,
+                            at now: NIODeadline? = nil) {
+        guard effort != nil, size >= CompressionEffortChooser.smallestMeasured,
+              effort!.record(messageSize: size, compressed: compressed, at: now ?? .now()) else { return }
+        statistics.level = effort!.level
+        statistics.levelChanges += 1
     }
 
     /// Inflates one frame of a compressed message into `output`; `last` ends the message.
