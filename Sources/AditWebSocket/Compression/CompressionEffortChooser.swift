@@ -20,10 +20,10 @@ import NIOCore
 /// epochs at the lightest level, to keep zlib's speed and ratio on this data known:
 /// - uncompressed → level 1 when zlib at level 1 is faster than the link is taking bytes now and the data
 ///   shrinks (a link that takes fewer bytes than zlib can make is the limit; compression then multiplies it);
-/// - one rung lighter when zlib keeps the loop busy (it is the limit) and the socket never backed up (a link
-///   that is the limit too would carry less of a lighter level's output); otherwise one rung stronger, if zlib
-///   at that level (once measured) keeps up with what moves now (the link or the application is the limit:
-///   fewer wire bytes for the same rate, or more payload through the same link).
+/// - one rung lighter when zlib keeps the loop busy (it is the limit) and the socket did not back up for a few
+///   epochs (a link that is the limit too would carry less of a lighter level's output); otherwise one rung
+///   stronger, if zlib at that level (once measured) keeps up with what moves now (the link or the application
+///   is the limit: fewer wire bytes for the same rate, or more payload through the same link).
 /// A try lasts one epoch and is kept unless it moved less than `tolerance` of the rung before; a try that lost
 /// is not repeated for twice as many epochs as the last time (up to `longestHold`). So on a fast link bulk data
 /// goes uncompressed after four epochs (a few MiB), at the cost of the samples, and on a slow one the level
@@ -35,8 +35,10 @@ public struct CompressionEffortChooser: Sendable, Equatable {
         public var epochBytes = 1 << 20
         public var epochDuration: TimeAmount = .milliseconds(20)
         public var pause: TimeAmount = .milliseconds(100)
-        /// zlib is the limit when it takes more than this fraction of an epoch's time.
+        /// zlib is the limit when it takes more than this fraction of an epoch's time, and the socket did not
+        /// back up for this many epochs.
         public var busy = 0.7
+        public var quietEpochs = 4
         /// A rung is tried when its measured zlib speed (and, from uncompressed, its ratio) promise this factor.
         public var gain = 1.2
         /// A try is kept while it moves at least this fraction of what the rung before moved.
@@ -62,6 +64,8 @@ public struct CompressionEffortChooser: Sendable, Equatable {
     public private(set) var speeds: [Double?]
     public private(set) var ratios: [Double?]
 
+    /// The epoch each rung's rate was measured in.
+    private var measuredAt: [Int]
     /// The rung a try started from, while the try's epoch runs.
     private var trialFrom: Int?
     /// Per rung: no try of it before this epoch, and how long the next wait after a lost try is.
@@ -73,8 +77,9 @@ public struct CompressionEffortChooser: Sendable, Equatable {
     private var lastBulk: NIODeadline?
     private var epochBytesSoFar = 0
     private var epochDeflateNanoseconds: Int64 = 0
-    /// Whether the socket backed up during this epoch.
+    /// Whether the socket backed up during this epoch, and how many epochs ended since it last did.
     private var epochBackedUp = false
+    private var epochsSinceBackedUp = Int.max / 2
 
     /// The ladder for a configured `level`: uncompressed, level 1, level 3 when between, and `level`.
     public init(level: Int, tuning: Tuning = .init()) {
@@ -91,6 +96,7 @@ public struct CompressionEffortChooser: Sendable, Equatable {
         self.rates = Array(repeating: nil, count: ladder.count)
         self.speeds = rates
         self.ratios = rates
+        self.measuredAt = Array(repeating: 0, count: ladder.count)
         self.blockedUntil = Array(repeating: 0, count: ladder.count)
         self.blockLength = Array(repeating: 2, count: ladder.count)
     }
@@ -155,8 +161,10 @@ public struct CompressionEffortChooser: Sendable, Equatable {
 
     private mutating func finishEpoch(rate: Double, busy: Double, backedUp: Bool) -> Bool {
         epoch += 1
+        epochsSinceBackedUp = backedUp ? 0 : epochsSinceBackedUp + 1
         if epoch % tuning.sampleEvery == 0 { sampleDue = true }
         rates[rung] = rate
+        measuredAt[rung] = epoch
         if let from = trialFrom {
             trialFrom = nil
             if let before = rates[from], rate < before * tuning.tolerance {
@@ -169,7 +177,15 @@ public struct CompressionEffortChooser: Sendable, Equatable {
             blockLength[rung] = 2
             return false
         }
-        guard let next = candidate(rate: rate, busy: busy, backedUp: backedUp), epoch >= blockedUntil[next] else {
+        // A socket that backed up in any of the last few epochs says the link is (at times) the limit: a
+        // lighter level would then carry less payload through it, and a try of one costs an epoch at that rate.
+        let linkLimited = epochsSinceBackedUp < tuning.quietEpochs
+        guard let next = candidate(rate: rate, busy: busy, backedUp: linkLimited), epoch >= blockedUntil[next] else {
+            return false
+        }
+        // A rung measured recently at well below what moves now is not worth an epoch (on a slow link, one
+        // uncompressed epoch costs as much as four compressed ones); after `longestHold` epochs it may be.
+        if let known = rates[next], epoch - measuredAt[next] < tuning.longestHold, known < rate * tuning.tolerance {
             return false
         }
         trialFrom = rung
