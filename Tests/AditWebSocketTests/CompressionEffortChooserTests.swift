@@ -160,10 +160,10 @@ import Testing
         let decompressor = try DeflateDecompressor(windowBits: 15)
         let text = String(repeating: "{\"level\":\"info\",\"msg\":\"request served\",\"status\":200}\n", count: 500)
         for level in [5, 1, 3, 9, 1] {
-            let accepted = compressor.setLevel(level)
+            var compressed = ByteBuffer()
+            let accepted = compressor.setLevel(level, emittingInto: &compressed)
             #expect(accepted)
             #expect(compressor.level == level)
-            var compressed = ByteBuffer()
             compressor.compress([ByteBuffer(string: text)], into: &compressed)
             var out = ByteBuffer()
             try decompressor.inflate(compressed, into: &out, limit: 1 << 20)

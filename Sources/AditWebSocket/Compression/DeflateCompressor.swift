@@ -41,26 +41,24 @@ public final class DeflateCompressor {
         deflateReset(stream)
     }
 
-    /// Compresses the following messages at `level` (1–9), keeping the history: between messages everything
-    /// was flushed, so zlib has nothing of the old level left to emit. Returns false (keeping the old level)
-    /// if zlib refused, which it only does mid-message.
+    /// Compresses from here on at `level` (1–9), keeping the history. Call it at the start of a message, with
+    /// that message's output: between messages everything was flushed, so zlib has nothing of the old level
+    /// left to emit, but should it emit anything (deflateParams may run deflate(Z_BLOCK)), those bytes belong to
+    /// the stream and go into `output`, ahead of the message's own. Returns false (keeping the old level) if
+    /// zlib refused.
     @discardableResult
-    public func setLevel(_ level: Int) -> Bool {
+    public func setLevel(_ level: Int, emittingInto output: inout ByteBuffer) -> Bool {
         precondition((1...9).contains(level))
         guard level != self.level else { return true }
-        // deflateParams may run deflate(Z_BLOCK) on what is pending; after a sync flush that is nothing, but
-        // it needs a valid output buffer all the same (the last one belonged to the previous message).
-        var scratch = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        let status = withUnsafeMutableBytes(of: &scratch) { bytes -> Int32 in
-            stream.pointee.next_out = bytes.baseAddress!.assumingMemoryBound(to: Bytef.self)
-            stream.pointee.avail_out = UInt32(bytes.count)
-            defer {
-                stream.pointee.next_out = nil
-                stream.pointee.avail_out = 0
-            }
-            let status = deflateParams(stream, Int32(level), strategy)
-            precondition(stream.pointee.avail_out == UInt32(bytes.count), "deflateParams emitted bytes between messages")
-            return status
+        var status = Z_OK
+        output.writeWithUnsafeMutableBytes(minimumWritableBytes: 64) { buffer in
+            stream.pointee.next_out = buffer.baseAddress!.assumingMemoryBound(to: Bytef.self)
+            stream.pointee.avail_out = UInt32(buffer.count)
+            status = deflateParams(stream, Int32(level), strategy)
+            let written = buffer.count - Int(stream.pointee.avail_out)
+            stream.pointee.next_out = nil
+            stream.pointee.avail_out = 0
+            return written
         }
         guard status == Z_OK else { return false }
         self.level = level

@@ -44,13 +44,14 @@ final class PerMessageDeflateCodec {
         if compressor == nil {
             compressor = try DeflateCompressor(windowBits: agreement.compressWindowBits, level: pendingLevel,
                                                memoryLevel: settings.memoryLevel)
-        } else if compressor!.level != pendingLevel && !compressor!.setLevel(pendingLevel) {
-            // Not expected between messages; keep the level zlib has and stop adapting.
-            effort = nil
         }
         // Only messages the chooser learns from are timed (two clock reads), not the interactive ones.
         let started: NIODeadline? = effort != nil && size >= CompressionEffortChooser.smallestMeasured ? .now() : nil
         let start = output.writerIndex
+        if compressor!.level != pendingLevel && !compressor!.setLevel(pendingLevel, emittingInto: &output) {
+            // Not expected between messages; keep the level zlib has and stop adapting.
+            effort = nil
+        }
         compressor!.compress(parts, into: &output)
         if agreement.compressNoContextTakeover { compressor!.reset() }
         let after = output.writerIndex - start
