@@ -11,7 +11,13 @@ target. Each round trip crosses every hop twice (request and reply), so a hop's 
 
 which cancels start-up, the handshake and shutdown. Reported for the client hop and the server hop.
 
-Environment: ADIT_BIN (default .build/release/adit), CG_N1 (300), CG_N2 (2300), CG_SIZE (64), CG_KEEP=1 keeps
+With CG_MODE=connect each round is a whole stream instead: connect through the forward, 64 bytes there and
+back, close (and wait for the tunnel to report it closed). A hop's cost per stream is then
+
+    (instructions with N2 streams - instructions with N1) / (N2 - N1)
+
+Environment: ADIT_BIN (default .build/release/adit), CG_MODE (messages, or connect), CG_N1 (300; connect: 100),
+CG_N2 (2300; connect: 600), CG_SIZE (64), CG_LOG_LEVEL (error), CG_KEEP=1 keeps
 the callgrind outputs (then `callgrind_annotate --inclusive=yes FILE` shows where the instructions go).
 """
 
@@ -55,33 +61,47 @@ def echo_server():
     return ls.getsockname()[1]
 
 
-def count(binary, measured, rounds, size, echo_port, tmp):
+def round_trip(s, msg):
+    s.sendall(msg)
+    got = 0
+    while got < len(msg):
+        d = s.recv(len(msg) - got)
+        if not d:
+            raise RuntimeError("the tunnel closed")
+        got += len(d)
+
+
+def count(binary, measured, rounds, size, echo_port, tmp, mode="messages"):
     """Total instructions of the `measured` side ("client" or "server") for `rounds` round trips."""
     sport, lport = free_port(), free_port()
     out = os.path.join(tmp, "cg.%s.%d.out" % (measured, rounds))
     grind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, "--dump-instr=no"]
     server_cmd = [binary, "server", "--listen", "127.0.0.1:%d" % sport, "--allow", "127.0.0.1:%d" % echo_port,
-                  "--log-level", "error"]
+                  "--log-level", os.environ.get("CG_LOG_LEVEL", "error")]
     client_cmd = [binary, "client", "ws://127.0.0.1:%d" % sport, "-L", "127.0.0.1:%d:127.0.0.1:%d" % (lport, echo_port),
-                  "--log-level", "error"]
+                  "--log-level", os.environ.get("CG_LOG_LEVEL", "error")]
     log = open(os.path.join(tmp, "valgrind.log"), "ab")
     server = subprocess.Popen((grind if measured == "server" else []) + server_cmd, stdout=log, stderr=log)
     wait_port(sport, timeout=60)
     client = subprocess.Popen((grind if measured == "client" else []) + client_cmd, stdout=log, stderr=log)
     wait_port(lport, timeout=60)
     time.sleep(2.0)
-    s = socket.create_connection(("127.0.0.1", lport))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     msg = b"p" * size
-    for _ in range(rounds):
-        s.sendall(msg)
-        got = 0
-        while got < size:
-            d = s.recv(size - got)
-            if not d:
-                raise RuntimeError("the tunnel closed")
-            got += len(d)
-    s.close()
+    if mode == "connect":
+        for _ in range(rounds):
+            s = socket.create_connection(("127.0.0.1", lport))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            round_trip(s, msg)
+            s.shutdown(socket.SHUT_WR)
+            if s.recv(1):   # the tunnel passes our EOF on and the target's back: the stream is done end to end
+                raise RuntimeError("unexpected data after the echo")
+            s.close()
+    else:
+        s = socket.create_connection(("127.0.0.1", lport))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(rounds):
+            round_trip(s, msg)
+        s.close()
     time.sleep(1.0)
     for p in (client, server):
         p.terminate()
@@ -95,7 +115,11 @@ def count(binary, measured, rounds, size, echo_port, tmp):
 
 def main():
     binary = os.environ.get("ADIT_BIN", os.path.join(REPO, ".build", "release", "adit"))
-    n1, n2 = int(os.environ.get("CG_N1", "300")), int(os.environ.get("CG_N2", "2300"))
+    mode = os.environ.get("CG_MODE", "messages")
+    if mode not in ("messages", "connect"):
+        sys.exit("CG_MODE must be messages or connect, not %r" % mode)
+    n1 = int(os.environ.get("CG_N1", "100" if mode == "connect" else "300"))
+    n2 = int(os.environ.get("CG_N2", "600" if mode == "connect" else "2300"))
     size = int(os.environ.get("CG_SIZE", "64"))
     tmp = tempfile.mkdtemp(prefix="adit-callgrind-")
     # valgrind 3.19 (Debian 12) cannot read the DWARF 5 debug info of a Swift binary and gives up; a copy
@@ -105,11 +129,15 @@ def main():
     binary = stripped
     echo_port = echo_server()
     for side in ("client", "server"):
-        a = count(binary, side, n1, size, echo_port, tmp)
-        b = count(binary, side, n2, size, echo_port, tmp)
-        per = (b - a) / (2 * (n2 - n1))
-        print("%s hop: %.0f instructions per relayed %d-byte message (%d and %d round trips: %d and %d)" % (
-            side, per, size, n1, n2, a, b), flush=True)
+        a = count(binary, side, n1, size, echo_port, tmp, mode)
+        b = count(binary, side, n2, size, echo_port, tmp, mode)
+        if mode == "connect":
+            print("%s hop: %.0f instructions per stream (connect, %d bytes there and back, close; %d and %d "
+                  "streams: %d and %d)" % (side, (b - a) / (n2 - n1), size, n1, n2, a, b), flush=True)
+        else:
+            per = (b - a) / (2 * (n2 - n1))
+            print("%s hop: %.0f instructions per relayed %d-byte message (%d and %d round trips: %d and %d)" % (
+                side, per, size, n1, n2, a, b), flush=True)
     if os.environ.get("CG_KEEP"):
         print("callgrind outputs kept in %s (callgrind_annotate FILE)" % tmp)
         return

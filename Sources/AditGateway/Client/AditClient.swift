@@ -271,12 +271,9 @@ public final class AditClient: Service, @unchecked Sendable {
     /// listeners bound so far are closed and the error names what was being listened for.
     private func listen(on bind: HostPort, what: String,
                         onConnection: @escaping @Sendable (any Channel) -> Void) async throws -> SocketAddress {
-        let bootstrap = configuration.channelOptions.apply(toEndpointListener: ServerBootstrap(group: eventLoop))
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(AcceptedConnectionHandler(onActive: onConnection))
-                }
-            }
+        let bootstrap = configuration.channelOptions.apply(toEndpointListener: ServerBootstrap(group: eventLoop)) { channel in
+            try channel.pipeline.syncOperations.addHandler(AcceptedConnectionHandler(onActive: onConnection))
+        }
         let listener: any Channel
         do {
             listener = try await bootstrap.bind(host: bind.host, port: bind.port).get()

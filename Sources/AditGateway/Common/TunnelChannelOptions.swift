@@ -35,26 +35,44 @@ public struct TunnelChannelOptions: Sendable {
         }
     }
 
-    func apply(toEndpoint bootstrap: ClientBootstrap) -> ClientBootstrap {
-        bootstrap
-            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .channelOption(.autoRead, value: false)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.maxMessagesPerRead, value: readsPerEvent)
-            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 512, initial: 2048,
+    /// Sets a stream endpoint's options (local apps, targets) from its channel initializer, through the channel's
+    /// synchronous options. Written by hand instead of the bootstraps' `channelOption`/`childChannelOption`: those
+    /// are applied one future per option through existentials and dynamic casts, which callgrind counted at about
+    /// 55,000 instructions per accepted or connected stream on each side, a quarter of all a stream costs.
+    func configureEndpoint(_ channel: any Channel) throws {
+        guard let options = channel.syncOptions else { return }
+        try options.setOption(.tcpOption(.tcp_nodelay), value: 1)
+        try options.setOption(.autoRead, value: false)
+        try options.setOption(.allowRemoteHalfClosure, value: true)
+        try options.setOption(.maxMessagesPerRead, value: readsPerEvent)
+        try options.setOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 512, initial: 2048,
                                                                                    maximum: endpointReadBufferMax))
     }
 
-    func apply(toEndpointListener bootstrap: ServerBootstrap) -> ServerBootstrap {
+    /// A connection to a target: `initializer` runs once the endpoint options are set.
+    func apply(toEndpoint bootstrap: ClientBootstrap,
+               initializer: @escaping @Sendable (any Channel) throws -> Void = { _ in }) -> ClientBootstrap {
+        bootstrap.channelInitializer { [self] channel in
+            channel.eventLoop.makeCompletedFuture {
+                try configureEndpoint(channel)
+                try initializer(channel)
+            }
+        }
+    }
+
+    /// A listener for local applications: `childInitializer` runs on each accepted connection once the endpoint
+    /// options are set.
+    func apply(toEndpointListener bootstrap: ServerBootstrap,
+               childInitializer: @escaping @Sendable (any Channel) throws -> Void) -> ServerBootstrap {
         Self.backingOffAccepts(bootstrap)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1024)
-            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.autoRead, value: false)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.maxMessagesPerRead, value: readsPerEvent)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 512, initial: 2048,
-                                                                                        maximum: endpointReadBufferMax))
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try configureEndpoint(channel)
+                    try childInitializer(channel)
+                }
+            }
     }
 
     func apply(toTunnel bootstrap: ClientBootstrap) -> ClientBootstrap {

@@ -77,6 +77,8 @@ final class ServerSession: MuxSessionDelegate {
     /// The access log: one line per stream at its end, with who (the session logger carries user and peer),
     /// what, how much each way, how long and how it ended. Refusals are logged where they are decided.
     func muxSession(_ session: MuxHandler, streamDidEnd record: MuxStreamRecord) {
+        // The line's metadata costs more than the rest of a short stream's bookkeeping: build it only when logged.
+        guard logger.logLevel <= .info else { return }
         let what: String
         if let listener = record.request.listener {
             let bound = listeners[listener].map { Self.shown($0.channel, $0.kind) } ?? "a reverse listener"
@@ -159,28 +161,26 @@ final class ServerSession: MuxSessionDelegate {
                             eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
         let opener = NIOLoopBound(WeakMux(session), eventLoop: eventLoop)
         let logger = self.logger
-        return settings.channelOptions.apply(toEndpointListener: ServerBootstrap(group: eventLoop, childGroup: eventLoop))
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(AcceptedConnectionHandler { channel in
-                        guard let session = opener.value.mux else {
-                            channel.close(promise: nil)
-                            return
-                        }
-                        let origin = channel.remoteAddress.flatMap(MuxTarget.init(socketAddress:))
-                            ?? MuxTarget(hostText: "0.0.0.0", port: 1)
-                        let endpoint = ChannelStreamEndpoint(channel)
-                        let promise = channel.eventLoop.makePromise(of: Void.self)
-                        promise.futureResult.assumeIsolated().whenFailure { error in
-                            logger.info("reverse connection from \(origin) not carried: \(error)")
-                            endpoint.close(abort: true)
-                        }
-                        session.openStream(MuxOpenRequest(target: origin, listener: listener), endpoint: endpoint,
-                                           promise: promise)
-                    })
+        let bootstrap = ServerBootstrap(group: eventLoop, childGroup: eventLoop)
+        return settings.channelOptions.apply(toEndpointListener: bootstrap) { channel in
+            try channel.pipeline.syncOperations.addHandler(AcceptedConnectionHandler { channel in
+                guard let session = opener.value.mux else {
+                    channel.close(promise: nil)
+                    return
                 }
-            }
-            .bind(host: bind.hostText, port: Int(bind.port))
+                let origin = channel.remoteAddress.flatMap(MuxTarget.init(socketAddress:))
+                    ?? MuxTarget(hostText: "0.0.0.0", port: 1)
+                let endpoint = ChannelStreamEndpoint(channel)
+                let promise = channel.eventLoop.makePromise(of: Void.self)
+                promise.futureResult.assumeIsolated().whenFailure { error in
+                    logger.info("reverse connection from \(origin) not carried: \(error)")
+                    endpoint.close(abort: true)
+                }
+                session.openStream(MuxOpenRequest(target: origin, listener: listener), endpoint: endpoint,
+                                   promise: promise)
+            })
+        }
+        .bind(host: bind.hostText, port: Int(bind.port))
     }
 
     private func bindDatagram(_ bind: MuxTarget, listener: StreamID, session: MuxHandler,
