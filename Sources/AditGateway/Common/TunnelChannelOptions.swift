@@ -40,7 +40,8 @@ public struct TunnelChannelOptions: Sendable {
     /// are applied one future per option through existentials and dynamic casts, which callgrind counted at about
     /// 55,000 instructions per accepted or connected stream on each side, a quarter of all a stream costs.
     func configureEndpoint(_ channel: any Channel) throws {
-        guard let options = channel.syncOptions else { return }
+        // Every socket channel has them; a channel without would silently lose TCP_NODELAY and read on its own.
+        guard let options = channel.syncOptions else { throw ChannelError.operationUnsupported }
         try options.setOption(.tcpOption(.tcp_nodelay), value: 1)
         try options.setOption(.autoRead, value: false)
         try options.setOption(.allowRemoteHalfClosure, value: true)
